@@ -1,0 +1,6 @@
+"""Callbacks: the stage / pseudo-label pipeline and prediction writers."""
+
+from wsss_lightning.callbacks.prediction_writer import MaskWriter, PseudoLabelSetWriter
+from wsss_lightning.callbacks.pseudo_label_refresh import PseudoLabelRefresh
+
+__all__ = ["MaskWriter", "PseudoLabelRefresh", "PseudoLabelSetWriter"]

@@ -1,0 +1,6 @@
+"""LightningModules: one per method on a shared base."""
+
+from wsss_lightning.modules.auxsegnet import AuxSegNetModule
+from wsss_lightning.modules.base import WSSSModule
+
+__all__ = ["AuxSegNetModule", "WSSSModule"]

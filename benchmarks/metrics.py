@@ -1,0 +1,204 @@
+"""Benchmarks of the metric code. ``python benchmarks/metrics.py --part saliency [--num 1000]``.
+
+Parts (``PARTS``): ``saliency`` times :class:`wsss_lightning.metrics.SaliencyMetrics` (protocol ``sod``, batched
+torch) against pysodmetrics' ``Fmeasure + MAE + Smeasure + Emeasure`` (numpy, one image at a time) on the same
+seeded, structured maps (blurred elliptic blobs with noise and a distractor vs. their GT), checks that all eight
+numbers agree to 1e-6, and prints images/s and the speed ratio as markdown tables. Only the metric calls are
+timed, interleaved chunk by chunk (both see the same machine load); the maps are generated outside the timers so
+memory stays small. torch runs on one thread by default, like numpy: on a shared machine, multi-threaded
+torch ops wait for descheduled threads and the timing becomes noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from wsss_lightning.metrics import SaliencyMetrics  # noqa: E402
+
+SAL_KEYS = ("maxF", "meanF", "adpF", "MAE", "Sm", "maxE", "meanE", "adpE")
+TOLERANCE = 1e-6
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    radius = int(math.ceil(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    return kernel / kernel.sum()
+
+
+def _blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, H, W) float maps, reflect padding."""
+    kernel = _gaussian_kernel(sigma)
+    pad = kernel.numel() // 2
+    x = F.pad(maps[:, None], (pad, pad, pad, pad), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
+    return x[:, 0]
+
+
+def _ellipses(count: int, height: int, width: int, generator: torch.Generator, blobs: int) -> torch.Tensor:
+    """(count, H, W) bool: the union of ``blobs`` random ellipses per image, kept away from the border."""
+    yy = torch.arange(height, dtype=torch.float32)[None, :, None]
+    xx = torch.arange(width, dtype=torch.float32)[None, None, :]
+    masks = torch.zeros(count, height, width, dtype=torch.bool)
+    for _ in range(blobs):
+        u = torch.rand(count, 5, generator=generator)
+        cy, cx = (0.25 + 0.5 * u[:, 0]) * height, (0.25 + 0.5 * u[:, 1]) * width
+        ry, rx = (0.08 + 0.17 * u[:, 2]) * height, (0.08 + 0.17 * u[:, 3]) * width
+        present = u[:, 4] < 0.7
+        inside = ((yy - cy[:, None, None]) / ry[:, None, None]) ** 2 + (
+            (xx - cx[:, None, None]) / rx[:, None, None]
+        ) ** 2
+        masks |= (inside <= 1) & present[:, None, None]
+    masks[:, height // 2 - 5 : height // 2 + 5, width // 2 - 5 : width // 2 + 5] = True  # never an empty GT
+    return masks
+
+
+def structured_maps(
+    num: int, height: int, width: int, seed: int, chunk: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Chunks of (pred uint8 (B, H, W), GT uint8 {0, 255} (B, H, W)); deterministic for a seed."""
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, num, chunk):
+        count = min(chunk, num - start)
+        gt = _ellipses(count, height, width, generator, blobs=3)
+        distractor = _ellipses(count, height, width, generator, blobs=1).float() * 0.5
+        shift = torch.randint(-6, 7, (2,), generator=generator).tolist()
+        soft = torch.roll(gt.float(), shifts=shift, dims=(1, 2)) * 0.8 + distractor
+        soft = _blur(soft, sigma=4.0) + 0.15 * torch.randn(count, height, width, generator=generator)
+        pred = (soft.clamp(0, 1) * 255).round().to(torch.uint8)
+        yield pred, gt.to(torch.uint8) * 255
+
+
+class _PysodReference:
+    """pysodmetrics' four evaluators, stepped one image at a time, reported as its examples/test_metrics.py does."""
+
+    def __init__(self) -> None:
+        import py_sod_metrics
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Fmeasure's deprecation notice
+            self.fm, self.mae = py_sod_metrics.Fmeasure(), py_sod_metrics.MAE()
+            self.sm, self.em = py_sod_metrics.Smeasure(), py_sod_metrics.Emeasure()
+
+    def step(self, pred: np.ndarray, gt: np.ndarray) -> None:
+        for metric in (self.fm, self.mae, self.sm, self.em):
+            metric.step(pred=pred, gt=gt)
+
+    def results(self) -> dict[str, float]:
+        f, e = self.fm.get_results()["fm"], self.em.get_results()["em"]
+        scores = {
+            "maxF": f["curve"].max(),
+            "meanF": f["curve"].mean(),
+            "adpF": f["adp"],
+            "MAE": self.mae.get_results()["mae"],
+            "Sm": self.sm.get_results()["sm"],
+            "maxE": e["curve"].max(),
+            "meanE": e["curve"].mean(),
+            "adpE": e["adp"],
+        }
+        return {key: float(value) for key, value in scores.items()}
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def bench_saliency(args: argparse.Namespace) -> int:
+    """Time SaliencyMetrics vs pysodmetrics on ``args.num`` maps; 0 if all numbers agree to 1e-6, else 1."""
+    try:
+        import py_sod_metrics  # noqa: F401
+    except ImportError:
+        print("pysodmetrics is not installed (pip install -e '.[dev]'); skipping the saliency benchmark")
+        return 0
+    torch.set_num_threads(args.threads)
+    warm_up = next(structured_maps(2, args.height, args.width, args.seed + 1, chunk=2))
+    SaliencyMetrics(protocol="sod").update(*warm_up)  # first-call overheads stay out of the timing
+    ours, reference = SaliencyMetrics(protocol="sod"), _PysodReference()
+    ours_seconds = pysod_seconds = 0.0
+    for pred, gt in structured_maps(args.num, args.height, args.width, args.seed, chunk=args.batch):
+        start = time.perf_counter()
+        ours.update(pred, gt)
+        ours_seconds += time.perf_counter() - start
+        preds, gts = pred.numpy(), gt.numpy()
+        start = time.perf_counter()
+        for index in range(len(preds)):
+            reference.step(preds[index], gts[index])
+        pysod_seconds += time.perf_counter() - start
+    start = time.perf_counter()
+    ours_scores = {key: float(value) for key, value in ours.compute().items()}
+    ours_seconds += time.perf_counter() - start
+    start = time.perf_counter()
+    pysod_scores = reference.results()
+    pysod_seconds += time.perf_counter() - start
+
+    num = args.num
+    size = f"{args.height}x{args.width}"
+    threads = torch.get_num_threads()
+    print(
+        f"## Saliency metrics: {num} maps of {size}, seed {args.seed}, torch {torch.__version__}, {threads} threads\n"
+    )
+    print(
+        _table(
+            ["implementation", "images", "seconds", "images/s"],
+            [
+                [
+                    f"wsss_lightning SaliencyMetrics (batch {args.batch})",
+                    str(num),
+                    f"{ours_seconds:.2f}",
+                    f"{num / ours_seconds:.1f}",
+                ],
+                [
+                    "pysodmetrics Fmeasure+MAE+Smeasure+Emeasure",
+                    str(num),
+                    f"{pysod_seconds:.2f}",
+                    f"{num / pysod_seconds:.1f}",
+                ],
+            ],
+        )
+    )
+    print(f"\nspeed ratio (pysodmetrics time / ours): {pysod_seconds / ours_seconds:.2f}x\n")
+    differences = {key: abs(ours_scores[key] - pysod_scores[key]) for key in SAL_KEYS}
+    rows = [[key, f"{ours_scores[key]:.6f}", f"{pysod_scores[key]:.6f}", f"{differences[key]:.1e}"] for key in SAL_KEYS]
+    print(_table(["metric", "ours", "pysodmetrics", "abs diff"], rows))
+    worst = max(differences.values())
+    agree = worst <= TOLERANCE
+    print(f"\n{'agree' if agree else 'DISAGREE'}: largest difference {worst:.1e} (tolerance {TOLERANCE:.0e})")
+    return 0 if agree else 1
+
+
+PARTS: dict[str, Callable[[argparse.Namespace], int]] = {"saliency": bench_saliency}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["all", *PARTS], default="all", help="which benchmark to run")
+    parser.add_argument("--num", type=int, default=1000, help="number of maps (develop with --num 50)")
+    parser.add_argument("--height", type=int, default=300)
+    parser.add_argument("--width", type=int, default=400)
+    parser.add_argument("--batch", type=int, default=10, help="maps per SaliencyMetrics.update call")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1 = the same single core numpy uses)"
+    )
+    args = parser.parse_args(argv)
+    parts = list(PARTS) if args.part == "all" else [args.part]
+    return max(PARTS[part](args) for part in parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""The stage logic of one ``wsss fit``: warm-up → initial pseudo-labels → stages with label refreshes.
+
+Schedule (epochs, 0-based): ``warmup_epochs`` of classification only, then ``num_stages`` stages of
+``epochs_per_stage`` each. Pseudo-label sets are generated
+
+* before stage 0: ``initial`` labels (multi-scale CAM + off-the-shelf saliency), unless ``initial_labels="given"``
+  (``data.pseudo_label_dir`` already holds them);
+* after every stage but the last (and after the last with ``refresh_after_last_stage``): ``refined`` labels
+  (affinity-propagated CAM + updated saliency), which the next stage trains on.
+
+A refresh runs on every rank over its shard of the pending ids (resumable: ids already written with the same
+config are skipped), waits at a barrier, merges the manifest on rank 0, scores the labels against GT where GT
+exists (``pseudo/mIoU``, ``pseudo/precision``, ``pseudo/recall``, plus ``pseudo/cam_mIoU`` for the CAM-only
+labels), points the DataModule at the new folders, and makes the trainer reload the training dataloader.
+The module's poly learning-rate schedule restarts at every stage.
+
+Crash safety: before a refresh the callback saves ``last-refresh.ckpt`` next to the other checkpoints with the
+refresh marked pending; ``--ckpt_path last`` then resumes inside the refresh and writes only the missing ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from tqdm.auto import tqdm
+
+from wsss_lightning.callbacks.label_sets import LabelSetRun, label_config, log_record, pending_names
+
+log = logging.getLogger(__name__)
+
+REFRESH_CHECKPOINT = "last-refresh.ckpt"
+
+
+class PseudoLabelRefresh(Callback):
+    """Drives warm-up, stages and pseudo-label refreshes inside one ``Trainer.fit``.
+
+    Args:
+        output_dir: where label sets go (``<output_dir>/stage<s>/``); default ``<default_root_dir>/pseudo_labels``.
+        warmup_epochs: classification-only epochs before the initial labels (0 when starting from a trained
+            classifier, e.g. PSA's ResNet-38 weights).
+        num_stages: training stages on pseudo-labels (AuxSegNet code: 4, stages 0–3).
+        epochs_per_stage: epochs of each stage (code 15, paper 10).
+        initial_labels: ``cam`` to generate the stage-0 labels, ``given`` to use ``data.pseudo_label_dir``.
+        refresh_after_last_stage: also generate labels after the last stage (to report their quality).
+        batch_size: images per forward pass during a refresh (full-size images; 1 avoids padding).
+        num_workers: data-loading workers of the refresh loader.
+        crf_workers: CPU processes for the CRF / PNG encoding (0 = inline).
+        verify_checksums: check the sha256 of reused files when resuming a refresh.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | None = None,
+        warmup_epochs: int = 0,
+        num_stages: int = 4,
+        epochs_per_stage: int = 15,
+        initial_labels: Literal["cam", "given"] = "cam",
+        refresh_after_last_stage: bool = True,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        crf_workers: int = 0,
+        verify_checksums: bool = True,
+    ) -> None:
+        if num_stages < 1 or epochs_per_stage < 1 or warmup_epochs < 0:
+            raise ValueError("need num_stages >= 1, epochs_per_stage >= 1 and warmup_epochs >= 0")
+        self.output_dir = output_dir
+        self.warmup_epochs = warmup_epochs
+        self.num_stages = num_stages
+        self.epochs_per_stage = epochs_per_stage
+        self.initial_labels = initial_labels
+        self.refresh_after_last_stage = refresh_after_last_stage
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.crf_workers = crf_workers
+        self.verify_checksums = verify_checksums
+        # State (saved in checkpoints).
+        self.stage = -1 if warmup_epochs > 0 else 0  # -1 = warm-up
+        self.label_sets: dict[int, str] = {}  # stage -> folder of the labels it trains on
+        self.pending: dict[str, Any] | None = None  # a refresh that was started but not finished
+        self.history: list[dict[str, Any]] = []
+        self.stage_start_step = 0
+
+    # ------------------------------------------------------------------------------------------ schedule
+
+    @property
+    def total_epochs(self) -> int:
+        return self.warmup_epochs + self.num_stages * self.epochs_per_stage
+
+    def stage_of_epoch(self, epoch: int) -> int:
+        """-1 during warm-up, else the stage index of a 0-based epoch."""
+        if epoch < self.warmup_epochs:
+            return -1
+        return min((epoch - self.warmup_epochs) // self.epochs_per_stage, self.num_stages - 1)
+
+    def _root(self, trainer: L.Trainer) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path(trainer.default_root_dir) / "pseudo_labels"
+
+    def _stage_epochs(self, stage: int) -> int:
+        return self.warmup_epochs if stage < 0 else self.epochs_per_stage
+
+    # ------------------------------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "label_sets": {str(k): v for k, v in self.label_sets.items()},
+            "pending": self.pending,
+            "history": self.history,
+            "stage_start_step": self.stage_start_step,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.stage = int(state_dict["stage"])
+        self.label_sets = {int(k): v for k, v in state_dict["label_sets"].items()}
+        self.pending = state_dict.get("pending")
+        self.history = list(state_dict.get("history", []))
+        self.stage_start_step = int(state_dict.get("stage_start_step", 0))
+
+    # ------------------------------------------------------------------------------------------ hooks
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if trainer.max_epochs not in (None, -1, self.total_epochs):
+            log.info("max_epochs set to %d by PseudoLabelRefresh (warm-up + stages)", self.total_epochs)
+        trainer.fit_loop.max_epochs = self.total_epochs
+        if self.initial_labels == "given" and 0 not in self.label_sets:
+            given = getattr(trainer.datamodule, "pseudo_label_dir", None)
+            if given is None:
+                raise ValueError("initial_labels='given' needs --data.pseudo_label_dir")
+            self.label_sets[0] = str(Path(given).parent) if Path(given).name == "seg" else given
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.pending is not None:  # resumed inside a refresh: finish it (only missing ids)
+            self._refresh(trainer, pl_module, self.pending["kind"], int(self.pending["stage"]))
+        elif self.stage == 0 and 0 not in self.label_sets:
+            self._refresh(trainer, pl_module, "initial", 0)
+        self._apply_stage(trainer, pl_module, fresh=False)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A reload requested at a stage boundary has happened by now (setup_data runs before this hook).
+        trainer.reload_dataloaders_every_n_epochs = 0
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if self.stage_of_epoch(epoch + 1) == self.stage_of_epoch(epoch) and epoch + 1 < self.total_epochs:
+            return  # not the last epoch of the warm-up or of a stage
+        next_stage = self.stage + 1
+        if self.stage == -1:
+            self._refresh(trainer, pl_module, "initial", 0)
+        elif next_stage < self.num_stages or self.refresh_after_last_stage:
+            self._refresh(trainer, pl_module, "refined", next_stage)
+        if next_stage < self.num_stages:
+            self.stage = next_stage
+            self.stage_start_step = trainer.global_step
+            self._apply_stage(trainer, pl_module, fresh=True)
+            trainer.reload_dataloaders_every_n_epochs = 1  # the next epoch rebuilds the loader with new labels
+
+    # ------------------------------------------------------------------------------------------ stage switching
+
+    def _apply_stage(self, trainer: L.Trainer, pl_module: L.LightningModule, fresh: bool) -> None:
+        """Point the data at the stage's labels, set the module's phase and its LR segment."""
+        label_set = self.label_sets.get(self.stage)
+        datamodule = trainer.datamodule
+        if label_set is not None and datamodule is not None:
+            sal = Path(label_set) / "sal"
+            datamodule.set_pseudo_labels(Path(label_set) / "seg", sal if sal.is_dir() else None)
+        pl_module.enter_stage(self.stage, self.stage_start_step, self._stage_epochs(self.stage), reset_optimizer=fresh)
+
+    # ------------------------------------------------------------------------------------------ refresh
+
+    def _refresh(self, trainer: L.Trainer, pl_module: L.LightningModule, kind: str, stage: int) -> None:
+        out_dir = self._root(trainer) / f"stage{stage}"
+        self.pending = {"kind": kind, "stage": stage, "dir": str(out_dir)}
+        self._save_refresh_checkpoint(trainer)
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            config = label_config(trainer, pl_module, kind, stage)
+            run = LabelSetRun(trainer, pl_module, trainer.datamodule, kind, stage, out_dir, config, self.crf_workers)
+            pending = pending_names(out_dir, run.config, run.names, self.verify_checksums)
+            trainer.strategy.barrier("pseudo_label_pending")  # every rank read the manifests before any write
+            loader = run.shard_loader(pending, self.batch_size, self.num_workers)
+            progress = tqdm(
+                total=len(loader.dataset), desc=f"pseudo-labels stage {stage} ({kind})", unit="img",
+                disable=not trainer.is_global_zero or trainer.progress_bar_callback is None, leave=False,
+            )  # fmt: skip
+            with torch.no_grad():
+                for batch in loader:
+                    progress.update(run.submit(batch))
+            progress.close()
+            record = run.finish(reused=len(run.names) - len(pending))
+        finally:
+            pl_module.train(was_training)
+        self.history.append(record)
+        self.label_sets[stage] = str(out_dir)
+        self.pending = None
+        log_record(trainer, record)
+
+    def _save_refresh_checkpoint(self, trainer: L.Trainer) -> None:
+        callback = trainer.checkpoint_callback
+        if not isinstance(callback, ModelCheckpoint) or callback.dirpath is None or trainer.sanity_checking:
+            return
+        if trainer.state.fn != "fit" or trainer.global_step == 0:
+            return
+        trainer.save_checkpoint(str(Path(callback.dirpath) / REFRESH_CHECKPOINT))

@@ -1,0 +1,147 @@
+"""The ``wsss`` command.
+
+Training subcommands run on LightningCLI (``fit``, ``validate``, ``test``, ``predict``, ``pseudolabel``): they
+share configs (``--config`` repeats and composes, ``--print_config`` shows the resolved result, any value is
+overridable, e.g. ``--data.root /datasets/VOCdevkit/VOC2012``). ``data.num_classes`` is linked to the model.
+
+Non-training subcommands share the entry point:
+
+* ``wsss evaluate --task seg|sal --pred DIR --gt DIR``   score any folder of predictions;
+* ``wsss data check --config CFG``                       validate a dataset before training;
+* ``wsss data demo --out DIR``                           generate the synthetic demo dataset;
+* ``wsss data coco-masks --instances JSON --out DIR``    COCO instances -> class-index PNG masks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+DATA_COMMANDS = ("check", "demo", "coco-masks")
+USAGE = """usage: wsss {fit,validate,test,predict,pseudolabel,evaluate,data} ...
+
+  fit | validate | test | predict | pseudolabel   Lightning subcommands (wsss fit --help)
+  evaluate                                         score a folder of predictions (wsss evaluate --help)
+  data {check,demo,coco-masks}                     dataset tools (wsss data check --help)
+"""
+
+
+def _cli_class():
+    """Build the LightningCLI subclass lazily (importing Lightning takes seconds; ``wsss data demo`` needs none)."""
+    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+    from wsss_lightning.data.datamodule import WSSSDataModule
+    from wsss_lightning.modules.base import WSSSModule
+    from wsss_lightning.trainer import WSSSTrainer
+
+    class WSSSCLI(LightningCLI):
+        """LightningCLI with the data -> model class-count link and the ``pseudolabel`` subcommand."""
+
+        @staticmethod
+        def subcommands() -> dict[str, set[str]]:
+            commands = LightningCLI.subcommands()
+            commands["pseudolabel"] = {"model", "datamodule"}
+            return commands
+
+        def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+            parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+            # The stage pipeline is a top-level group (``stages:`` in configs, ``--stages.epochs_per_stage 10``).
+            parser.add_lightning_class_args(Callback, "stages", subclass_mode=True, required=False)
+
+        def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+            # ``stages: null`` (no stage pipeline, e.g. the fully supervised baseline) adds no callback.
+            return super()._instantiate_trainer(config, [c for c in callbacks if c is not None])
+
+    def make(args: list[str] | None = None, run: bool = True) -> Any:
+        return WSSSCLI(
+            WSSSModule,
+            WSSSDataModule,
+            trainer_class=WSSSTrainer,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"parser_mode": "omegaconf"},
+            args=args,
+            run=run,
+        )
+
+    return make
+
+
+def data_parser(argv: list[str]):
+    """A parser for ``wsss data check``: the ``data`` section of the same configs, nothing instantiated but data."""
+    from typing import Any as AnyType
+
+    from jsonargparse import ActionConfigFile
+    from lightning.pytorch.cli import LightningArgumentParser
+
+    from wsss_lightning.data.datamodule import WSSSDataModule
+
+    parser = LightningArgumentParser(prog="wsss data check", parser_mode="omegaconf")
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="config file(s), as for wsss fit")
+    parser.add_lightning_class_args(WSSSDataModule, "data", subclass_mode=True, required=True)
+    parser.add_argument("--stage", choices=["fit", "validate", "test", "predict", "all"], default="all")
+    parser.add_argument("--quick", action="store_true", help="headers only, as training's setup check")
+    # The rest of a training config is accepted and ignored.
+    for key in ("model", "trainer", "stages", "seed_everything", "ckpt_path", "fit", "test"):
+        parser.add_argument(f"--{key}", type=AnyType, default=None)
+    return parser
+
+
+def data_check(argv: list[str]) -> int:
+    from wsss_lightning.data.check import check_datamodule
+    from wsss_lightning.data.io import DatasetError
+
+    parser = data_parser(argv)
+    config = parser.parse_args(argv)
+    try:
+        datamodule = parser.instantiate_classes(config).data
+        stage = None if config.stage == "all" else config.stage
+        report = check_datamodule(datamodule, stage=stage, full=not config.quick, progress=True)
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for problem in report.problems:
+        print(problem)
+    print(report.summary())
+    return 1 if report.errors else 0
+
+
+def data_main(argv: list[str]) -> int:
+    if not argv or argv[0] not in DATA_COMMANDS:
+        print("usage: wsss data {check,demo,coco-masks} ...", file=sys.stderr)
+        return 2
+    command, rest = argv[0], argv[1:]
+    if command == "check":
+        return data_check(rest)
+    if command == "demo":
+        from wsss_lightning.data.demo import main as demo_main
+
+        return demo_main(rest)
+    from wsss_lightning.data.coco_convert import main as coco_main
+
+    return coco_main(rest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    if argv[0] == "evaluate":
+        from wsss_lightning.evaluate import main as evaluate_main
+
+        return evaluate_main(argv[1:])
+    if argv[0] == "data":
+        return data_main(argv[1:])
+    _cli_class()(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

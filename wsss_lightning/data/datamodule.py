@@ -1,0 +1,376 @@
+"""One LightningDataModule for VOC 2012 (+SBD), MS COCO 2014 and custom layouts, with saliency data.
+
+What it serves:
+
+* ``train_dataloader``: the training split with image-level labels, the current pseudo-labels
+  (``pseudo_label_dir``; swapped between stages by the pseudo-label callback) or the ground truth
+  (``train_target="gt"``, the fully supervised upper bound), and saliency maps (the off-the-shelf
+  ``saliency_dir`` or the updated ``pseudo_saliency_dir``). With ``saliency_train_root`` (SSNet) the batch
+  is a dict ``{"seg": VOC batch, "sal": DUTS-TR batch}`` from a ``CombinedLoader`` (max_size_cycle).
+* ``val_dataloader`` / ``test_dataloader``: the segmentation split at full size (``seg/<split>``) followed
+  by each configured saliency set (``sal/<name>``); ``loader_names(stage)`` says which is which.
+* ``refresh_dataset()``: the training ids at full size with GT (where it exists) and the off-the-shelf
+  saliency maps, for pseudo-label generation.
+* ``predict_dataloader``: a folder of the user's images (``predict_dir``) or the validation split.
+
+Relative folder arguments are resolved against ``root``; ``{split}`` in a folder name is replaced by the
+split's name (COCO: ``{split}2014``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader, Dataset
+
+from wsss_lightning.data.collate import BatchScaleCollate, pad_collate
+from wsss_lightning.data.dataset import SegmentationDataset
+from wsss_lightning.data.io import IMAGE_EXTENSIONS, DatasetError, list_images
+from wsss_lightning.data.labels import ImageLabels, LabelSourceName
+from wsss_lightning.data.palette import COCO_CLASSES, VOC_CLASSES, default_class_names
+from wsss_lightning.data.saliency import SaliencyDataset, canonical_name
+from wsss_lightning.data.splits import ListEntry, read_id_list, resolve_split_file
+from wsss_lightning.data.transforms import ResizeOnly, RotateCropResize, ScaleCropFlip
+
+log = logging.getLogger(__name__)
+
+DatasetName = Literal["voc", "coco", "custom"]
+Augmentation = Literal["scale_crop", "rotate_crop_resize", "resize", "none"]
+
+# Folder defaults per dataset layout: (image_dir, train_gt_dir candidates, val_gt_dir candidates).
+LAYOUT_DEFAULTS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "voc": ("JPEGImages", ("SegmentationClassAug", "SegmentationClass"), ("SegmentationClass", "SegmentationClassAug")),
+    "custom": (
+        "JPEGImages",
+        ("SegmentationClassAug", "SegmentationClass"),
+        ("SegmentationClass", "SegmentationClassAug"),
+    ),
+    "coco": ("{split}2014", ("SegmentationClass/{split}2014",), ("SegmentationClass/{split}2014",)),
+}
+
+
+class WSSSDataModule(L.LightningDataModule):
+    """VOC / COCO / custom segmentation data with image-level labels, saliency maps and pseudo-labels.
+
+    Args:
+        root: dataset folder (``VOCdevkit/VOC2012``, the COCO folder, or the demo's VOC folder).
+        dataset: layout defaults (folders, class names) — ``voc``, ``coco`` or ``custom``.
+        num_classes: C including background (default: 21 VOC, 81 COCO, len(class_names)).
+        class_names: C names, background first (default VOC / COCO names).
+        train_split, val_split, test_split: split names (``train_aug``, ``val``, ...) or list-file paths.
+        pseudo_eval_split: ids whose pseudo-labels are scored against GT (``train`` = VOC's 1,464, as in
+            AuxSegNet's Fig. 6); None scores every training id that has GT.
+        image_dir, train_gt_dir, val_gt_dir, annotation_dir: folder overrides.
+        label_source, labels_file, allow_pickle_labels: image-level labels (see ``data/labels.py``).
+        saliency_dir: off-the-shelf saliency maps (``<id>.png``, grey) for the training ids.
+        pseudo_label_dir / pseudo_saliency_dir: current pseudo-labels (set by the stage callback).
+        train_target: what ``seg`` holds in training: ``pseudo`` labels, ``gt`` (fully supervised upper
+            bound) or ``none`` (classification only).
+        augmentation: ``scale_crop`` (AuxSegNet), ``rotate_crop_resize`` (SSNet), ``resize`` or ``none``.
+        crop_size, scale_range, scale_mode, flip, color_jitter, seg_pad_value, sal_pad_value: augmentation
+            (``scale_mode="batch"`` draws one scale per batch as the official AuxSegNet code; ``seg_pad_value``
+            0 reproduces its background padding, 255 ignores padding).
+        saliency_train_root / saliency_train_name: DUTS-TR for joint training (SSNet).
+        saliency_val_sets / saliency_test_sets: ``{name: root}`` of saliency sets scored at val / test.
+        predict_dir: folder of images for ``wsss predict``.
+        batch_size, saliency_batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers: loaders.
+        check: dataset validation in ``setup``: ``quick`` (existence and sizes from headers), ``full``
+            (decode everything) or ``off``.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        dataset: DatasetName = "voc",
+        num_classes: int | None = None,
+        class_names: list[str] | None = None,
+        train_split: str = "train_aug",
+        val_split: str = "val",
+        test_split: str | None = None,
+        pseudo_eval_split: str | None = "train",
+        image_dir: str | None = None,
+        train_gt_dir: str | None = None,
+        val_gt_dir: str | None = None,
+        annotation_dir: str | None = "Annotations",
+        label_source: LabelSourceName = "auto",
+        labels_file: str | None = None,
+        allow_pickle_labels: bool = False,
+        saliency_dir: str | None = None,
+        pseudo_label_dir: str | None = None,
+        pseudo_saliency_dir: str | None = None,
+        train_target: Literal["pseudo", "gt", "none"] = "pseudo",
+        augmentation: Augmentation = "scale_crop",
+        crop_size: int = 321,
+        scale_range: tuple[float, float] = (0.7, 1.3),
+        scale_mode: Literal["image", "batch"] = "batch",
+        flip: bool = True,
+        color_jitter: tuple[float, float, float, float] | None = None,
+        seg_pad_value: int = 255,
+        sal_pad_value: float = 255.0,
+        saliency_train_root: str | None = None,
+        saliency_train_name: str = "DUTS-TR",
+        saliency_val_sets: dict[str, str] | None = None,
+        saliency_test_sets: dict[str, str] | None = None,
+        predict_dir: str | None = None,
+        batch_size: int = 4,
+        saliency_batch_size: int | None = None,
+        eval_batch_size: int = 1,
+        num_workers: int = 4,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        check: Literal["quick", "full", "off"] = "quick",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.root = Path(root)
+        self.dataset_name = dataset
+        if class_names is None:
+            default = {"voc": VOC_CLASSES, "coco": COCO_CLASSES}.get(dataset)
+            if default is None and num_classes is None:
+                raise ValueError("a custom dataset needs class_names (background first) or num_classes")
+            class_names = list(default if num_classes is None else default_class_names(num_classes))
+            if default is not None and num_classes not in (None, len(default)):
+                class_names = list(default_class_names(num_classes))
+        if num_classes is not None and num_classes != len(class_names):
+            raise ValueError(f"num_classes={num_classes} but {len(class_names)} class_names were given")
+        self.class_names: list[str] = list(class_names)
+        self.num_classes: int = len(self.class_names)
+        self.pseudo_label_dir = pseudo_label_dir
+        self.pseudo_saliency_dir = pseudo_saliency_dir
+        self._entries: dict[str, list[ListEntry]] = {}
+        self._train_labels: ImageLabels | None = None
+
+    # ------------------------------------------------------------------------------------------ paths
+
+    def path(self, folder: str | None, split: str | None = None) -> Path | None:
+        """Resolve a folder argument: relative to root, ``{split}`` substituted."""
+        if folder is None:
+            return None
+        if split is not None and "{split}" in folder:
+            folder = folder.replace("{split}", split)
+        candidate = Path(folder)
+        return candidate if candidate.is_absolute() else self.root / candidate
+
+    def _layout(self) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+        return LAYOUT_DEFAULTS["custom" if self.dataset_name == "custom" else self.dataset_name]
+
+    def image_dir(self, split: str) -> Path:
+        return self.path(self.hparams.image_dir or self._layout()[0], split)
+
+    def _first_existing(self, override: str | None, candidates: Sequence[str], split: str) -> Path | None:
+        if override is not None:
+            return self.path(override, split)
+        for candidate in candidates:
+            path = self.path(candidate, split)
+            if path.is_dir():
+                return path
+        return None
+
+    def train_gt_dir(self) -> Path | None:
+        return self._first_existing(self.hparams.train_gt_dir, self._layout()[1], self.hparams.train_split)
+
+    def val_gt_dir(self, split: str | None = None) -> Path | None:
+        return self._first_existing(self.hparams.val_gt_dir, self._layout()[2], split or self.hparams.val_split)
+
+    @property
+    def test_split(self) -> str:
+        return self.hparams.test_split or self.hparams.val_split
+
+    # ------------------------------------------------------------------------------------------ ids and labels
+
+    def entries(self, split: str) -> list[ListEntry]:
+        """The ids of a split (cached). COCO without list files falls back to the split's image folder."""
+        if split not in self._entries:
+            try:
+                entries = read_id_list(resolve_split_file(self.root, split))
+            except DatasetError:
+                image_dir = self.image_dir(split)
+                if self.dataset_name != "coco" or not image_dir.is_dir():
+                    raise
+                entries = [ListEntry(stem, image_dir, 0) for stem in list_images(image_dir)]
+            if not entries:
+                raise DatasetError(f"split '{split}' under {self.root} lists no ids; check the list file")
+            self._entries[split] = entries
+        return self._entries[split]
+
+    def train_labels(self) -> ImageLabels:
+        if self._train_labels is None:
+            self._train_labels = ImageLabels(
+                self.hparams.label_source,
+                self.num_classes,
+                self.class_names,
+                annotation_dir=self.path(self.hparams.annotation_dir),
+                mask_dir=self.train_gt_dir(),
+                labels_file=self.path(self.hparams.labels_file, self.hparams.train_split),
+                allow_pickle=self.hparams.allow_pickle_labels,
+            )
+        return self._train_labels
+
+    def pseudo_eval_ids(self) -> set[str] | None:
+        """Training ids whose pseudo-labels are scored (None: every id with a GT mask)."""
+        split = self.hparams.pseudo_eval_split
+        if split is None:
+            return None
+        try:
+            return {entry.id for entry in self.entries(split)}
+        except DatasetError:
+            log.warning("pseudo_eval_split '%s' not found; scoring pseudo-labels on every id with GT", split)
+            return None
+
+    # ------------------------------------------------------------------------------------------ pseudo-labels
+
+    def set_pseudo_labels(self, seg_dir: str | Path | None, sal_dir: str | Path | None = None) -> None:
+        """Point training at new pseudo-label folders; takes effect at the next ``train_dataloader()``."""
+        self.pseudo_label_dir = str(seg_dir) if seg_dir is not None else None
+        self.pseudo_saliency_dir = str(sal_dir) if sal_dir is not None else None
+
+    # ------------------------------------------------------------------------------------------ datasets
+
+    def _train_transform(self):
+        hp = self.hparams
+        if hp.augmentation == "scale_crop":
+            return ScaleCropFlip(
+                hp.crop_size, tuple(hp.scale_range), hp.flip, hp.color_jitter, hp.seg_pad_value, hp.sal_pad_value
+            )
+        if hp.augmentation == "rotate_crop_resize":
+            return RotateCropResize(hp.crop_size, flip=hp.flip, color_jitter=hp.color_jitter)
+        if hp.augmentation == "resize":
+            return ResizeOnly(hp.crop_size)
+        return None
+
+    def train_dataset(self) -> SegmentationDataset:
+        hp = self.hparams
+        split = hp.train_split
+        if hp.train_target == "gt":
+            seg_dir, seg_required = self.train_gt_dir(), True
+        elif hp.train_target == "pseudo" and self.pseudo_label_dir is not None:
+            seg_dir, seg_required = self.path(self.pseudo_label_dir), True
+        else:
+            seg_dir, seg_required = None, False
+        sal_source = self.pseudo_saliency_dir or hp.saliency_dir
+        transform = self._train_transform()
+        return SegmentationDataset(
+            self.entries(split),
+            self.image_dir(split),
+            self.num_classes,
+            labels=self.train_labels(),
+            seg_dir=seg_dir,
+            sal_dir=self.path(sal_source),
+            seg_required=seg_required,
+            sal_required=sal_source is not None,
+            transform=transform,
+            defer_transform=hp.scale_mode == "batch" and isinstance(transform, ScaleCropFlip),
+        )
+
+    def eval_dataset(self, split: str) -> SegmentationDataset:
+        """A split at full size with its ground truth (and labels derived from it)."""
+        gt_dir = self.val_gt_dir(split)
+        if gt_dir is None:
+            raise DatasetError(
+                f"no ground-truth folder for split '{split}' under {self.root} (tried {self._layout()[2]}); "
+                "set --data.val_gt_dir"
+            )
+        return SegmentationDataset(
+            self.entries(split),
+            self.image_dir(split),
+            self.num_classes,
+            labels=ImageLabels("masks", self.num_classes, self.class_names, mask_dir=gt_dir),
+            seg_dir=gt_dir,
+            seg_required=True,
+        )
+
+    def refresh_dataset(self) -> SegmentationDataset:
+        """Training ids at full size for pseudo-label generation: raw image, labels, GT where it exists,
+        the ORIGINAL off-the-shelf saliency maps (the label update always fuses with them, methods §2.8)."""
+        split = self.hparams.train_split
+        saliency = self.path(self.hparams.saliency_dir)
+        return SegmentationDataset(
+            self.entries(split),
+            self.image_dir(split),
+            self.num_classes,
+            labels=self.train_labels(),
+            seg_dir=self.train_gt_dir(),
+            sal_dir=saliency,
+            sal_required=saliency is not None,
+            return_raw=True,
+        )
+
+    def saliency_dataset(self, name: str, root: str, train: bool = False) -> SaliencyDataset:
+        transform = self._train_transform() if train else None
+        return SaliencyDataset(self.path(root) or root, name=name, transform=transform, num_classes=self.num_classes)
+
+    def predict_dataset(self) -> Dataset:
+        if self.hparams.predict_dir is None:
+            dataset = self.eval_dataset(self.hparams.val_split)
+            dataset.return_raw = True
+            return dataset
+        folder = Path(self.hparams.predict_dir)
+        images = list_images(folder, IMAGE_EXTENSIONS)
+        if not images:
+            raise DatasetError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        entries = [ListEntry(stem, folder, 0) for stem in images]
+        return SegmentationDataset(entries, folder, self.num_classes, return_raw=True)
+
+    # ------------------------------------------------------------------------------------------ Lightning hooks
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.hparams.check == "off":
+            return
+        from wsss_lightning.data.check import check_datamodule
+
+        report = check_datamodule(self, stage=stage, full=self.hparams.check == "full")
+        if report.errors:
+            raise DatasetError(report.error_message())
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, collate_fn=None, drop_last=False) -> DataLoader:
+        hp = self.hparams
+        pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=hp.num_workers,
+            pin_memory=pin,
+            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            collate_fn=collate_fn,
+            drop_last=drop_last,
+        )
+
+    def train_dataloader(self):
+        dataset = self.train_dataset()
+        collate = BatchScaleCollate(dataset.transform, dataset.finish) if dataset.defer_transform else None
+        seg_loader = self._loader(dataset, self.hparams.batch_size, True, collate, drop_last=True)
+        if self.hparams.saliency_train_root is None:
+            return seg_loader
+        saliency = self.saliency_dataset(self.hparams.saliency_train_name, self.hparams.saliency_train_root, True)
+        sal_batch = self.hparams.saliency_batch_size or self.hparams.batch_size
+        sal_loader = self._loader(saliency, sal_batch, True, drop_last=True)
+        return CombinedLoader({"seg": seg_loader, "sal": sal_loader}, mode="max_size_cycle")
+
+    def loader_names(self, stage: str) -> list[str]:
+        """Names of the val/test loaders in order: ``seg/<split>`` then ``sal/<name>``."""
+        split = self.hparams.val_split if stage == "validate" else self.test_split
+        sets = self.hparams.saliency_val_sets if stage == "validate" else self.hparams.saliency_test_sets
+        return [f"seg/{split}"] + [f"sal/{canonical_name(name)}" for name in (sets or {})]
+
+    def _eval_loaders(self, split: str, sets: dict[str, str] | None) -> list[DataLoader]:
+        batch = self.hparams.eval_batch_size
+        loaders = [self._loader(self.eval_dataset(split), batch, False, pad_collate)]
+        for name, root in (sets or {}).items():
+            loaders.append(self._loader(self.saliency_dataset(name, root), batch, False, pad_collate))
+        return loaders
+
+    def val_dataloader(self):
+        return self._eval_loaders(self.hparams.val_split, self.hparams.saliency_val_sets)
+
+    def test_dataloader(self):
+        return self._eval_loaders(self.test_split, self.hparams.saliency_test_sets)
+
+    def predict_dataloader(self):
+        return self._loader(self.predict_dataset(), self.hparams.eval_batch_size, False, pad_collate)

@@ -1,0 +1,188 @@
+"""Salient-object datasets in their published layouts: DUTS-TR for training, five test sets for scoring.
+
+Published layouts (``root`` is the folder the archive unpacks to; the parent folder also works):
+
+=============  ======================================  =========================================
+dataset        images                                  masks
+=============  ======================================  =========================================
+DUTS-TR        ``DUTS-TR-Image/*.jpg``                 ``DUTS-TR-Mask/*.png``
+DUTS-TE        ``DUTS-TE-Image/*.jpg``                 ``DUTS-TE-Mask/*.png``
+ECSSD          ``images/*.jpg``                        ``ground_truth_mask/*.png``
+PASCAL-S       ``datasets/imgs/pascal/*.jpg``          ``datasets/masks/pascal/*.png``
+HKU-IS         ``imgs/*.png``                          ``gt/*.png``
+DUT-OMRON      ``DUT-OMRON-image/*.jpg``               ``pixelwiseGT-new-PNG/*.png``
+=============  ======================================  =========================================
+
+Re-packaged copies common in SOD code are found too (``Image/Mask``, ``Imgs/GT``, ``images/masks`` as jsws
+uses, ``im/gt``), and ``image_dir`` / ``mask_dir`` override everything. The image set is defined by the
+masks (as jsws and the SOD toolboxes do): an image without a mask is skipped (``wsss data check`` reports
+it), a mask without an image is an error.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from wsss_lightning.data.io import IMAGE_EXTENSIONS, DatasetError, list_images, read_image, read_saliency
+from wsss_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_image
+
+PUBLISHED_LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "DUTS-TR": (("DUTS-TR-Image", "DUTS-TR-Mask"), ("DUTS-TR/DUTS-TR-Image", "DUTS-TR/DUTS-TR-Mask")),
+    "DUTS-TE": (("DUTS-TE-Image", "DUTS-TE-Mask"), ("DUTS-TE/DUTS-TE-Image", "DUTS-TE/DUTS-TE-Mask")),
+    "ECSSD": (("images", "ground_truth_mask"), ("ECSSD/images", "ECSSD/ground_truth_mask")),
+    "PASCAL-S": (
+        ("datasets/imgs/pascal", "datasets/masks/pascal"),
+        ("pascal-s/datasets/imgs/pascal", "pascal-s/datasets/masks/pascal"),
+        ("imgs/pascal", "masks/pascal"),
+    ),
+    "HKU-IS": (("imgs", "gt"), ("HKU-IS/imgs", "HKU-IS/gt")),
+    "DUT-OMRON": (
+        ("DUT-OMRON-image", "pixelwiseGT-new-PNG"),
+        ("DUT-OMRON-image/DUT-OMRON-image", "pixelwiseGT-new-PNG"),
+        ("DUT-OMRON-image/DUT-OMRON-image", "DUT-OMRON-gt-pixelwise/pixelwiseGT-new-PNG"),
+    ),
+}
+GENERIC_LAYOUTS: tuple[tuple[str, str], ...] = (
+    ("Image", "Mask"),
+    ("Imgs", "GT"),
+    ("images", "masks"),
+    ("image", "mask"),
+    ("Image", "GT"),
+    ("im", "gt"),
+    ("img", "gt"),
+    ("imgs", "masks"),
+)
+_ALIASES = {
+    "dutstr": "DUTS-TR",
+    "dutstrain": "DUTS-TR",
+    "duttrain": "DUTS-TR",
+    "dutste": "DUTS-TE",
+    "dutstest": "DUTS-TE",
+    "duttest": "DUTS-TE",
+    "ecssd": "ECSSD",
+    "pascals": "PASCAL-S",
+    "hkuis": "HKU-IS",
+    "dutomron": "DUT-OMRON",
+    "omron": "DUT-OMRON",
+}
+
+
+def canonical_name(name: str) -> str:
+    """'pascal-s' / 'PASCALS' -> 'PASCAL-S'; unknown names are returned unchanged."""
+    return _ALIASES.get(re.sub(r"[^a-z0-9]", "", name.lower()), name)
+
+
+def resolve_layout(
+    root: str | Path, name: str | None = None, image_dir: str | None = None, mask_dir: str | None = None
+) -> tuple[Path, Path]:
+    """Find the image and mask folders of a saliency dataset under ``root``.
+
+    Raises DatasetError listing the layouts tried.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"saliency dataset root {root} does not exist")
+    if image_dir is not None or mask_dir is not None:
+        if image_dir is None or mask_dir is None:
+            raise DatasetError("give both image_dir and mask_dir for a saliency dataset, or neither")
+        images, masks = root / image_dir, root / mask_dir
+        for folder in (images, masks):
+            if not folder.is_dir():
+                raise DatasetError(f"{folder} does not exist")
+        return images, masks
+    canonical = canonical_name(name) if name else None
+    layouts = PUBLISHED_LAYOUTS.get(canonical, ()) + GENERIC_LAYOUTS if canonical else GENERIC_LAYOUTS
+    if canonical:
+        # The archive's top folder may be the root or one level below it (DUTS/DUTS-TE/..., ECSSD/...).
+        layouts = layouts + tuple((f"{canonical}/{i}", f"{canonical}/{m}") for i, m in layouts)
+    for images, masks in layouts:
+        if (root / images).is_dir() and (root / masks).is_dir():
+            return root / images, root / masks
+    tried = "; ".join(f"{i} + {m}" for i, m in layouts[:8])
+    raise DatasetError(
+        f"no {canonical or 'saliency'} image/mask folders under {root} (tried {tried}); "
+        "point the root at the unpacked dataset or set image_dir and mask_dir"
+    )
+
+
+def pair_files(image_dir: Path, mask_dir: Path) -> tuple[list[tuple[str, Path, Path]], list[str]]:
+    """Match images and masks by stem. Returns (pairs, image stems without mask).
+
+    Raises DatasetError if a mask has no image or the mask folder is empty.
+    """
+    images = list_images(image_dir, IMAGE_EXTENSIONS)
+    masks = list_images(mask_dir, IMAGE_EXTENSIONS)
+    if not masks:
+        raise DatasetError(f"{mask_dir} holds no mask images")
+    orphans = [stem for stem in masks if stem not in images]
+    if orphans:
+        raise DatasetError(
+            f"{len(orphans)} masks in {mask_dir} have no image in {image_dir} (e.g. {mask_dir / (orphans[0] + '.png')})"
+        )
+    pairs = [(stem, images[stem], path) for stem, path in masks.items()]
+    return pairs, [stem for stem in images if stem not in masks]
+
+
+class SaliencyDataset(Dataset):
+    """Image + binary saliency ground truth pairs of one salient-object dataset.
+
+    Samples: ``image`` float32 (3,H,W) normalised; ``sal`` float32 (H,W) GT in [0, 1] (grey/255; the metrics
+    binarise at 0.5, i.e. > 128 as pysodmetrics); ``name``; ``ori_size`` (H, W); ``index``; ``source``
+    ("sal/<name>"), plus zero ``cls_label`` and all-255 ``seg`` so saliency batches collate like VOC ones.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        name: str | None = None,
+        image_dir: str | None = None,
+        mask_dir: str | None = None,
+        transform=None,
+        num_classes: int = 21,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    ) -> None:
+        self.name = canonical_name(name) if name else Path(root).name
+        self.image_dir, self.mask_dir = resolve_layout(root, name, image_dir, mask_dir)
+        self.pairs, self.images_without_mask = pair_files(self.image_dir, self.mask_dir)
+        self.transform = transform
+        self.num_classes = num_classes
+        self.mean, self.std = mean, std
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def ids(self) -> list[str]:
+        return [stem for stem, _, _ in self.pairs]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        stem, image_path, mask_path = self.pairs[index]
+        image = read_image(image_path)
+        mask = read_saliency(mask_path)
+        if mask.shape != image.shape[:2]:
+            raise DatasetError(
+                f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} but {image_path} is "
+                f"{image.shape[1]}x{image.shape[0]}; masks must have their image's size"
+            )
+        height, width = image.shape[:2]
+        sal = mask.astype(np.float32) / 255.0
+        seg = np.full((height, width), 255, dtype=np.uint8)
+        if self.transform is not None:
+            image, seg, sal = self.transform(image, seg, sal)
+        return {
+            "image": normalize_image(image, self.mean, self.std),
+            "sal": torch.from_numpy(np.ascontiguousarray(sal, dtype=np.float32)),
+            "seg": torch.from_numpy(np.ascontiguousarray(seg)),
+            "cls_label": torch.zeros(self.num_classes - 1),
+            "name": stem,
+            "ori_size": torch.tensor((height, width), dtype=torch.int64),
+            "index": index,
+            "source": f"sal/{self.name}",
+        }

@@ -1,0 +1,111 @@
+"""CPU jobs that turn model outputs into pseudo-label files (run in worker processes; pure numpy).
+
+Each job writes its files atomically under the set's folder and returns ``{"name", "files": {rel: sha256}}``
+for the manifest. Jobs are plain dataclasses so they pickle to workers cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wsss_lightning.data.io import atomic_write_bytes, grey_png_bytes, palette_png_bytes
+from wsss_lightning.pseudo.crf import CRFParams, dense_crf, saliency_crf
+from wsss_lightning.pseudo.fusion import CAM_THRESHOLD, SALIENCY_THRESHOLD, fuse_peak_saliency
+
+
+def _write(out_dir: Path, relative: str, data: bytes) -> tuple[str, str]:
+    atomic_write_bytes(out_dir / relative, data)
+    return relative, hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class FusionJob:
+    """AuxSegNet pseudo-label: optional saliency CRF, then CAM + saliency fusion (methods §2.7–2.8).
+
+    Attributes:
+        name: image id.
+        out_dir: the set's folder (``seg/`` and ``sal/`` are written below it).
+        peak: ``float32 (H, W)`` max over the present classes of the (propagated) CAM, in [0, 1].
+        peak_class: ``uint8 (H, W)`` argmax foreground index (0..K-1).
+        saliency: ``float32 (H, W)`` in [0, 1]: the off-the-shelf map (initial labels) or
+            (saliency prediction + off-the-shelf map) / 2 (label update).
+        image: ``uint8 (H, W, 3)`` for the saliency CRF (None without CRF).
+        saliency_crf: CRF parameters, or None to fuse the saliency as is (initial labels, §2.7).
+        write_saliency: also write the (CRF-refined) saliency as the next stage's saliency pseudo-label.
+    """
+
+    name: str
+    out_dir: str
+    peak: np.ndarray
+    peak_class: np.ndarray
+    saliency: np.ndarray
+    image: np.ndarray | None = None
+    saliency_crf: CRFParams | None = None
+    tau: float = 1.05
+    cam_threshold: float = CAM_THRESHOLD
+    saliency_threshold: float = SALIENCY_THRESHOLD
+    write_saliency: bool = False
+
+
+def run_fusion_job(job: FusionJob) -> dict:
+    saliency = job.saliency.astype(np.float32)
+    if job.saliency_crf is not None:
+        if job.image is None:
+            raise ValueError(f"{job.name}: the saliency CRF needs the image")
+        saliency = saliency_crf(job.image, np.clip(saliency, 0.0, 1.0), job.saliency_crf, job.tau)
+    label = fuse_peak_saliency(job.peak, job.peak_class, saliency, job.cam_threshold, job.saliency_threshold)
+    out_dir = Path(job.out_dir)
+    files = dict([_write(out_dir, f"seg/{job.name}.png", palette_png_bytes(label))])
+    if job.write_saliency:
+        rel, digest = _write(out_dir, f"sal/{job.name}.png", grey_png_bytes(np.clip(saliency, 0.0, 1.0)))
+        files[rel] = digest
+    return {"name": job.name, "files": files}
+
+
+@dataclass
+class CRFLabelJob:
+    """SSNet pseudo-label: dense CRF on class-masked probabilities, argmax (methods §1.5).
+
+    Attributes:
+        name: output name (``<id>_<t>`` for the t-th augmented copy).
+        out_dir: the set's folder (``seg/`` and, with ``save_image``, ``images/``).
+        probs: ``float32 (C, H, W)`` class probabilities (absent classes already masked).
+        image: ``uint8 (H, W, 3)`` the (augmented) image the probabilities belong to.
+        crf: CRF parameters, or None for a plain argmax.
+        save_image: write the image too (SSNet stage 2 trains on the augmented copies).
+    """
+
+    name: str
+    out_dir: str
+    probs: np.ndarray
+    image: np.ndarray
+    crf: CRFParams | None = None
+    save_image: bool = True
+
+
+def run_crf_label_job(job: CRFLabelJob) -> dict:
+    probs = dense_crf(job.image, job.probs, job.crf) if job.crf is not None else job.probs
+    label = probs.argmax(0).astype(np.uint8)
+    out_dir = Path(job.out_dir)
+    files = dict([_write(out_dir, f"seg/{job.name}.png", palette_png_bytes(label))])
+    if job.save_image:
+        from PIL import Image
+
+        from wsss_lightning.data.io import encode_png
+
+        rel, digest = _write(out_dir, f"images/{job.name}.png", encode_png(Image.fromarray(job.image, mode="RGB")))
+        files[rel] = digest
+    return {"name": job.name, "files": files}
+
+
+def run_label_job(job: FusionJob | CRFLabelJob) -> dict:
+    """Run any label job (the function handed to the worker pool)."""
+    if isinstance(job, FusionJob):
+        return run_fusion_job(job)
+    if isinstance(job, CRFLabelJob):
+        return run_crf_label_job(job)
+    raise TypeError(f"unknown label job {type(job).__name__}")

@@ -1,0 +1,94 @@
+"""``WSSSTrainer``: Lightning's Trainer with the options our subcommands add.
+
+* ``test(..., results_json=...)``: where the results JSON goes (default ``<log_dir>/test_results.json``);
+* ``predict(..., out_dir=...)``: write palette masks + grey saliency PNGs for the predicted images;
+* ``pseudolabel(...)``: (re)write a pseudo-label set for the training ids from a checkpoint, on every
+  device, resumable — the ``wsss pseudolabel`` subcommand (LightningCLI turns Trainer methods into
+  subcommands).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+
+from wsss_lightning.callbacks.label_sets import pending_names
+from wsss_lightning.callbacks.prediction_writer import MaskWriter, PseudoLabelSetWriter
+from wsss_lightning.data.collate import pad_collate
+
+
+class WSSSTrainer(L.Trainer):
+    """``lightning.Trainer`` plus ``pseudolabel`` and output options for ``test`` / ``predict``."""
+
+    results_json: str | None = None
+
+    def test(self, model=None, dataloaders=None, ckpt_path=None, verbose: bool = True, datamodule=None,
+             weights_only: bool | None = None, results_json: str | None = None):  # fmt: skip
+        """Score the model: mIoU per inference mode on the test split, saliency metrics per saliency set.
+
+        Args:
+            results_json: where to write the results (default ``<log_dir>/test_results.json``).
+        """
+        self.results_json = results_json
+        return super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+
+    def predict(self, model=None, dataloaders=None, datamodule=None, return_predictions=None, ckpt_path=None,
+                weights_only: bool | None = None, out_dir: str | None = None):  # fmt: skip
+        """Predict masks and saliency maps (``data.predict_dir`` images, or the val split).
+
+        Args:
+            out_dir: write ``masks/<name>.png`` (palette) and ``saliency/<name>.png`` (grey) there.
+        """
+        if out_dir is not None:
+            self.callbacks.append(MaskWriter(out_dir))
+            return_predictions = False if return_predictions is None else return_predictions
+        return super().predict(model, dataloaders, datamodule, return_predictions, ckpt_path, weights_only)
+
+    def pseudolabel(
+        self,
+        model: L.LightningModule,
+        datamodule: L.LightningDataModule,
+        ckpt_path: str | None = None,
+        out_dir: str = "pseudo_labels/manual",
+        kind: Literal["initial", "refined"] = "refined",
+        stage: int = 0,
+        batch_size: int = 1,
+        num_workers: int = 2,
+        crf_workers: int = 0,
+        verify_checksums: bool = True,
+    ) -> dict | None:
+        """Write pseudo-labels for the training ids from a checkpoint (resumable: finished ids are kept).
+
+        Args:
+            ckpt_path: the checkpoint to label with (``last``/``best``/path); none = the model as configured.
+            out_dir: the label set's folder (``seg/``, ``sal/``, ``manifest.json``, ``quality.json``).
+            kind: ``initial`` (multi-scale CAM + off-the-shelf saliency) or ``refined`` (affinity-propagated
+                CAM + updated saliency).
+            stage: recorded in the manifest.
+            batch_size, num_workers: the loader over full-size training images.
+            crf_workers: CPU processes for CRF and PNG encoding.
+            verify_checksums: re-hash reused files before trusting them.
+        """
+        out = Path(out_dir)
+        if ckpt_path not in (None, "last", "best", "hpc"):
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            step = int(state.get("global_step", 0))
+        else:
+            step = 0
+        dataset = datamodule.refresh_dataset()
+        config = {**model.label_config(kind), "stage": stage, "model_step": step}
+        pending = pending_names(out, config, dataset.ids, verify_checksums)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(dataset, pending),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=pad_collate,
+        )
+        reused = len(dataset.ids) - len(pending)
+        writer = PseudoLabelSetWriter(datamodule, out, kind, stage, config, crf_workers, reused)
+        self.callbacks.append(writer)
+        super().predict(model, dataloaders=loader, datamodule=None, return_predictions=False, ckpt_path=ckpt_path)
+        return writer.record
