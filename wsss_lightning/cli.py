@@ -49,6 +49,7 @@ def _cli_class():
 
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
             parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+            parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
             # The stage pipeline is a top-level group (``stages:`` in configs, ``--stages.epochs_per_stage 10``).
             parser.add_lightning_class_args(Callback, "stages", subclass_mode=True, required=False)
 
@@ -65,7 +66,6 @@ def _cli_class():
             subclass_mode_data=True,
             auto_configure_optimizers=False,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"parser_mode": "omegaconf"},
             args=args,
             run=run,
         )
@@ -82,7 +82,7 @@ def data_parser(argv: list[str]):
 
     from wsss_lightning.data.datamodule import WSSSDataModule
 
-    parser = LightningArgumentParser(prog="wsss data check", parser_mode="omegaconf")
+    parser = LightningArgumentParser(prog="wsss data check")
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="config file(s), as for wsss fit")
     parser.add_lightning_class_args(WSSSDataModule, "data", subclass_mode=True, required=True)
     parser.add_argument("--stage", choices=["fit", "validate", "test", "predict", "all"], default="all")

@@ -25,11 +25,12 @@ class WSSSTrainer(L.Trainer):
 
     results_json: str | None = None
 
-    def test(self, model=None, dataloaders=None, ckpt_path=None, verbose: bool = True, datamodule=None,
+    def test(self, model=None, dataloaders=None, ckpt_path=None, verbose: bool = False, datamodule=None,
              weights_only: bool | None = None, results_json: str | None = None):  # fmt: skip
         """Score the model: mIoU per inference mode on the test split, saliency metrics per saliency set.
 
         Args:
+            verbose: also print Lightning's flat metric table (our labelled table is always printed).
             results_json: where to write the results (default ``<log_dir>/test_results.json``).
         """
         self.results_json = results_json

@@ -44,8 +44,9 @@ class PseudoLabelRefresh(Callback):
         warmup_epochs: classification-only epochs before the initial labels (0 when starting from a trained
             classifier, e.g. PSA's ResNet-38 weights).
         num_stages: training stages on pseudo-labels (AuxSegNet code: 4, stages 0–3).
-        epochs_per_stage: epochs of each stage (code 15, paper 10).
-        initial_labels: ``cam`` to generate the stage-0 labels, ``given`` to use ``data.pseudo_label_dir``.
+        epochs_per_stage: epochs of each stage (code 15, paper 10), or a list with one value per stage.
+        initial_labels: ``cam`` to generate the stage-0 labels, ``given`` to use ``data.pseudo_label_dir``,
+            ``none`` when stage 0 needs no pseudo-labels (SSNet stage 1 learns from image labels + saliency).
         refresh_after_last_stage: also generate labels after the last stage (to report their quality).
         batch_size: images per forward pass during a refresh (full-size images; 1 avoids padding).
         num_workers: data-loading workers of the refresh loader.
@@ -58,20 +59,23 @@ class PseudoLabelRefresh(Callback):
         output_dir: str | None = None,
         warmup_epochs: int = 0,
         num_stages: int = 4,
-        epochs_per_stage: int = 15,
-        initial_labels: Literal["cam", "given"] = "cam",
+        epochs_per_stage: int | list[int] = 15,
+        initial_labels: Literal["cam", "given", "none"] = "cam",
         refresh_after_last_stage: bool = True,
         batch_size: int = 1,
         num_workers: int = 0,
         crf_workers: int = 0,
         verify_checksums: bool = True,
     ) -> None:
-        if num_stages < 1 or epochs_per_stage < 1 or warmup_epochs < 0:
-            raise ValueError("need num_stages >= 1, epochs_per_stage >= 1 and warmup_epochs >= 0")
+        per_stage = [epochs_per_stage] * num_stages if isinstance(epochs_per_stage, int) else list(epochs_per_stage)
+        if num_stages < 1 or len(per_stage) != num_stages or min(per_stage) < 1 or warmup_epochs < 0:
+            raise ValueError(
+                "need num_stages >= 1, epochs_per_stage >= 1 (one value, or one per stage) and warmup_epochs >= 0"
+            )
         self.output_dir = output_dir
         self.warmup_epochs = warmup_epochs
         self.num_stages = num_stages
-        self.epochs_per_stage = epochs_per_stage
+        self.epochs_per_stage = per_stage
         self.initial_labels = initial_labels
         self.refresh_after_last_stage = refresh_after_last_stage
         self.batch_size = batch_size
@@ -89,19 +93,24 @@ class PseudoLabelRefresh(Callback):
 
     @property
     def total_epochs(self) -> int:
-        return self.warmup_epochs + self.num_stages * self.epochs_per_stage
+        return self.warmup_epochs + sum(self.epochs_per_stage)
 
     def stage_of_epoch(self, epoch: int) -> int:
-        """-1 during warm-up, else the stage index of a 0-based epoch."""
+        """-1 during warm-up, else the stage index of a 0-based epoch (the last stage beyond the end)."""
         if epoch < self.warmup_epochs:
             return -1
-        return min((epoch - self.warmup_epochs) // self.epochs_per_stage, self.num_stages - 1)
+        end = self.warmup_epochs
+        for stage, epochs in enumerate(self.epochs_per_stage):
+            end += epochs
+            if epoch < end:
+                return stage
+        return self.num_stages - 1
 
     def _root(self, trainer: L.Trainer) -> Path:
         return Path(self.output_dir) if self.output_dir else Path(trainer.default_root_dir) / "pseudo_labels"
 
     def _stage_epochs(self, stage: int) -> int:
-        return self.warmup_epochs if stage < 0 else self.epochs_per_stage
+        return self.warmup_epochs if stage < 0 else self.epochs_per_stage[stage]
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -138,7 +147,7 @@ class PseudoLabelRefresh(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.pending is not None:  # resumed inside a refresh: finish it (only missing ids)
             self._refresh(trainer, pl_module, self.pending["kind"], int(self.pending["stage"]))
-        elif self.stage == 0 and 0 not in self.label_sets:
+        elif self.stage == 0 and 0 not in self.label_sets and self.initial_labels == "cam":
             self._refresh(trainer, pl_module, "initial", 0)
         self._apply_stage(trainer, pl_module, fresh=False)
 
@@ -154,7 +163,7 @@ class PseudoLabelRefresh(Callback):
         if self.stage == -1:
             self._refresh(trainer, pl_module, "initial", 0)
         elif next_stage < self.num_stages or self.refresh_after_last_stage:
-            self._refresh(trainer, pl_module, "refined", next_stage)
+            self._refresh(trainer, pl_module, pl_module.refresh_kind(next_stage), next_stage)
         if next_stage < self.num_stages:
             self.stage = next_stage
             self.stage_start_step = trainer.global_step
@@ -168,8 +177,10 @@ class PseudoLabelRefresh(Callback):
         label_set = self.label_sets.get(self.stage)
         datamodule = trainer.datamodule
         if label_set is not None and datamodule is not None:
-            sal = Path(label_set) / "sal"
-            datamodule.set_pseudo_labels(Path(label_set) / "seg", sal if sal.is_dir() else None)
+            sal, images = Path(label_set) / "sal", Path(label_set) / "images"
+            datamodule.set_pseudo_labels(
+                Path(label_set) / "seg", sal if sal.is_dir() else None, images if images.is_dir() else None
+            )
         pl_module.enter_stage(self.stage, self.stage_start_step, self._stage_epochs(self.stage), reset_optimizer=fresh)
 
     # ------------------------------------------------------------------------------------------ refresh

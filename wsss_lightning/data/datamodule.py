@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from wsss_lightning.data.collate import BatchScaleCollate, pad_collate
 from wsss_lightning.data.dataset import SegmentationDataset
 from wsss_lightning.data.io import IMAGE_EXTENSIONS, DatasetError, list_images
-from wsss_lightning.data.labels import ImageLabels, LabelSourceName
+from wsss_lightning.data.labels import AugmentedCopyLabels, ImageLabels, LabelSourceName
 from wsss_lightning.data.palette import COCO_CLASSES, VOC_CLASSES, default_class_names
 from wsss_lightning.data.saliency import SaliencyDataset, canonical_name
 from wsss_lightning.data.splits import ListEntry, read_id_list, resolve_split_file
@@ -73,6 +73,8 @@ class WSSSDataModule(L.LightningDataModule):
         train_target: what ``seg`` holds in training: ``pseudo`` labels, ``gt`` (fully supervised upper
             bound) or ``none`` (classification only).
         augmentation: ``scale_crop`` (AuxSegNet), ``rotate_crop_resize`` (SSNet), ``resize`` or ``none``.
+        label_set_augmentation: augmentation of a label set that carries its own augmented images (SSNet
+            stage 2 trains on them as they are: ``none``).
         crop_size, scale_range, scale_mode, flip, color_jitter, seg_pad_value, sal_pad_value: augmentation
             (``scale_mode="batch"`` draws one scale per batch as the official AuxSegNet code; ``seg_pad_value``
             0 reproduces its background padding, 255 ignores padding).
@@ -106,6 +108,7 @@ class WSSSDataModule(L.LightningDataModule):
         pseudo_saliency_dir: str | None = None,
         train_target: Literal["pseudo", "gt", "none"] = "pseudo",
         augmentation: Augmentation = "scale_crop",
+        label_set_augmentation: Augmentation = "none",
         crop_size: int = 321,
         scale_range: tuple[float, float] = (0.7, 1.3),
         scale_mode: Literal["image", "batch"] = "batch",
@@ -143,6 +146,7 @@ class WSSSDataModule(L.LightningDataModule):
         self.num_classes: int = len(self.class_names)
         self.pseudo_label_dir = pseudo_label_dir
         self.pseudo_saliency_dir = pseudo_saliency_dir
+        self.pseudo_image_dir: str | None = None
         self._entries: dict[str, list[ListEntry]] = {}
         self._train_labels: ImageLabels | None = None
 
@@ -225,28 +229,43 @@ class WSSSDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------------------------ pseudo-labels
 
-    def set_pseudo_labels(self, seg_dir: str | Path | None, sal_dir: str | Path | None = None) -> None:
-        """Point training at new pseudo-label folders; takes effect at the next ``train_dataloader()``."""
-        self.pseudo_label_dir = str(seg_dir) if seg_dir is not None else None
-        self.pseudo_saliency_dir = str(sal_dir) if sal_dir is not None else None
+    def set_pseudo_labels(
+        self, seg_dir: str | Path | None, sal_dir: str | Path | None = None, image_dir: str | Path | None = None
+    ) -> None:
+        """Point training at new pseudo-label folders; takes effect at the next ``train_dataloader()``.
+
+        ``image_dir``: the label set carries its own (augmented) images, named ``<id>_<t>`` (SSNet stage 2);
+        training then iterates over that set's files instead of the split's ids.
+        """
+
+        def absolute(folder: str | Path | None) -> str | None:
+            # Absolute, so that relative folders of the caller are not re-rooted at the dataset root.
+            return str(Path(folder).resolve()) if folder is not None else None
+
+        self.pseudo_label_dir = absolute(seg_dir)
+        self.pseudo_saliency_dir = absolute(sal_dir)
+        self.pseudo_image_dir = absolute(image_dir)
 
     # ------------------------------------------------------------------------------------------ datasets
 
-    def _train_transform(self):
+    def _train_transform(self, augmentation: str | None = None):
         hp = self.hparams
-        if hp.augmentation == "scale_crop":
+        augmentation = augmentation or hp.augmentation
+        if augmentation == "scale_crop":
             return ScaleCropFlip(
                 hp.crop_size, tuple(hp.scale_range), hp.flip, hp.color_jitter, hp.seg_pad_value, hp.sal_pad_value
             )
-        if hp.augmentation == "rotate_crop_resize":
+        if augmentation == "rotate_crop_resize":
             return RotateCropResize(hp.crop_size, flip=hp.flip, color_jitter=hp.color_jitter)
-        if hp.augmentation == "resize":
+        if augmentation == "resize":
             return ResizeOnly(hp.crop_size)
         return None
 
     def train_dataset(self) -> SegmentationDataset:
         hp = self.hparams
         split = hp.train_split
+        if hp.train_target == "pseudo" and self.pseudo_image_dir is not None and self.pseudo_label_dir is not None:
+            return self.label_set_dataset()
         if hp.train_target == "gt":
             seg_dir, seg_required = self.train_gt_dir(), True
         elif hp.train_target == "pseudo" and self.pseudo_label_dir is not None:
@@ -266,6 +285,24 @@ class WSSSDataModule(L.LightningDataModule):
             sal_required=sal_source is not None,
             transform=transform,
             defer_transform=hp.scale_mode == "batch" and isinstance(transform, ScaleCropFlip),
+        )
+
+    def label_set_dataset(self) -> SegmentationDataset:
+        """Training on a label set with its own images ``<id>_<t>`` (SSNet stage 2): labels of the parent id,
+        augmentation ``label_set_augmentation`` (the copies are augmented already)."""
+        seg_dir = Path(self.pseudo_label_dir)
+        entries = [ListEntry(stem, seg_dir, 0) for stem in list_images(seg_dir, (".png",))]
+        if not entries:
+            raise DatasetError(f"{seg_dir} holds no pseudo-labels")
+        augmentation = self.hparams.label_set_augmentation
+        return SegmentationDataset(
+            entries,
+            Path(self.pseudo_image_dir),
+            self.num_classes,
+            labels=AugmentedCopyLabels(self.train_labels()),
+            seg_dir=seg_dir,
+            seg_required=True,
+            transform=None if augmentation == "none" else self._train_transform(augmentation),
         )
 
     def eval_dataset(self, split: str) -> SegmentationDataset:

@@ -207,3 +207,29 @@ class ImageLabels:
             return []
         known = set(ids)
         return sorted(key for key in self._cache if key not in known)
+
+
+class AugmentedCopyLabels:
+    """Labels of augmented copies named ``<id>_<t>``: the label of ``<id>`` (SSNet stage-2 training set).
+
+    The copies are crops of at least 90 % of a rotated image, so the parent's classes are kept (the official
+    code re-derives them from the augmented GT mask, which a weakly supervised run does not have).
+    """
+
+    def __init__(self, parent: ImageLabels) -> None:
+        self.parent = parent
+        self.source = parent.source
+
+    @staticmethod
+    def parent_id(identifier: str) -> str:
+        stem, _, index = identifier.rpartition("_")
+        return stem if stem and index.isdigit() else identifier
+
+    def get(self, identifier: str) -> np.ndarray:
+        return self.parent.get(self.parent_id(identifier))
+
+    def has(self, identifier: str) -> bool:
+        return self.parent.has(self.parent_id(identifier))
+
+    def path_for(self, identifier: str) -> Path | None:
+        return self.parent.path_for(self.parent_id(identifier))

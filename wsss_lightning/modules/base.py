@@ -117,6 +117,10 @@ class WSSSModule(L.LightningModule):
             for optimizer in self.trainer.optimizers:
                 optimizer.state.clear()
 
+    def refresh_kind(self, stage: int) -> str:
+        """The kind of label set generated before ``stage`` (> 0) by the stage callback."""
+        return "refined"
+
     def lr_segment_steps(self) -> int:
         """Optimiser steps of the current schedule segment (a stage, or the whole run without stages)."""
         if self._trainer is None:
