@@ -32,8 +32,8 @@ test-fast: install
 # Generate the synthetic dataset, run the whole pipeline of METHOD (auxseg | ssnet), print the results table.
 demo: install
 	$(WSSS) data demo --out $(DEMO_DIR)
-	$(WSSS) fit --config configs/demo_$(METHOD).yaml --data.root $(DEMO_DIR)
-	$(WSSS) test --config configs/demo_$(METHOD).yaml --data.root $(DEMO_DIR) --ckpt_path last
+	$(WSSS) fit --config configs/demo_$(METHOD).yaml --data.root $(DEMO_DIR)/VOCdevkit/VOC2012
+	$(WSSS) test --config configs/demo_$(METHOD).yaml --data.root $(DEMO_DIR)/VOCdevkit/VOC2012 --ckpt_path last
 
 lint: install
 	$(VENV)/bin/ruff check wsss_lightning tests benchmarks

@@ -90,6 +90,10 @@ class WSSSTrainer(L.Trainer):
         )
         reused = len(dataset.ids) - len(pending)
         writer = PseudoLabelSetWriter(datamodule, out, kind, stage, config, crf_workers, reused)
+        if not pending:  # everything is written already: only re-merge and re-score (no model run needed)
+            writer.on_predict_start(self, model)
+            writer.on_predict_end(self, model)
+            return writer.record
         self.callbacks.append(writer)
         super().predict(model, dataloaders=loader, datamodule=None, return_predictions=False, ckpt_path=ckpt_path)
         return writer.record

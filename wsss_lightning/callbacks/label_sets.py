@@ -22,7 +22,7 @@ from wsss_lightning.data.io import atomic_write_text
 from wsss_lightning.metrics import PseudoLabelQuality
 from wsss_lightning.pseudo.jobs import run_label_job
 from wsss_lightning.pseudo.quality import quality_summary, score_label_dir
-from wsss_lightning.pseudo.writer import PseudoLabelWriter, finalize_manifest, verified_entries
+from wsss_lightning.pseudo.writer import MANIFEST, PseudoLabelWriter, finalize_manifest, verified_entries
 
 QUALITY_LOG_KEYS = {
     "pseudo_mIoU": "pseudo/mIoU",
@@ -87,6 +87,8 @@ class LabelSetRun:
         """Run the model on a batch and queue its CPU jobs. Returns the number of images queued."""
         device = self.pl_module.device
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        if self.eval_ids is not None:  # which images are scored (a method may write extra files for them)
+            batch["pseudo_eval"] = [name in self.eval_ids for name in batch["name"]]
         jobs, extras = self.pl_module.label_jobs(batch, self.kind, str(self.out_dir))
         for job in jobs:
             self.writer.submit(run_label_job, job)
@@ -129,6 +131,8 @@ class LabelSetRun:
         return record
 
     def _score(self, complete_cam: bool) -> dict[str, Any]:
+        if (self.out_dir / "images").is_dir():
+            return self._score_copies()
         gt_dir = self.datamodule.train_gt_dir()
         if gt_dir is None:
             return {}
@@ -141,6 +145,23 @@ class LabelSetRun:
         if complete_cam:  # after a resume the CAM-only labels of reused ids were not seen
             result.update(cam_mIoU=cam["mIoU"], cam_precision=cam["precision"], cam_recall=cam["recall"])
         result["scored_images"] = sum(1 for n in ids if (gt_dir / f"{n}.png").is_file())
+        return result
+
+    def _score_copies(self) -> dict[str, Any]:
+        """A set of augmented copies with their own images (SSNet): each copy ``seg/<copy>.png`` is scored
+        against the ground truth warped with its geometry, ``gt/<copy>.png``, listed in the manifest."""
+        manifest = json.loads((self.out_dir / MANIFEST).read_text())
+        ids = [n for n in self.names if self.eval_ids is None or n in self.eval_ids]
+        copies = [
+            Path(rel).stem for name in ids for rel in sorted(manifest["files"].get(name, {})) if rel.startswith("gt/")
+        ]
+        if not copies:
+            return {}
+        shard = copies[self.trainer.global_rank :: self.trainer.world_size]
+        metric = PseudoLabelQuality(self.pl_module.num_classes).to(self.pl_module.device)
+        score_label_dir(self.out_dir / "seg", self.out_dir / "gt", shard, self.pl_module.num_classes, metric)
+        result: dict[str, Any] = {f"pseudo_{k}": v for k, v in quality_summary(metric).items()}
+        result.update(scored_images=len(copies), scored_against="augmented_gt")
         return result
 
 

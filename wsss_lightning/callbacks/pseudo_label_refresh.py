@@ -21,6 +21,7 @@ refresh marked pending; ``--ckpt_path last`` then resumes inside the refresh and
 from __future__ import annotations
 
 import logging
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,6 +89,9 @@ class PseudoLabelRefresh(Callback):
         self.pending: dict[str, Any] | None = None  # a refresh that was started but not finished
         self.history: list[dict[str, Any]] = []
         self.stage_start_step = 0
+        # Identifies this run in the label sets' config hash: a new run never reuses a previous run's files,
+        # a resumed run (same id, from the checkpoint) reuses its own.
+        self.run_id = uuid.uuid4().hex[:12]
 
     # ------------------------------------------------------------------------------------------ schedule
 
@@ -121,6 +125,7 @@ class PseudoLabelRefresh(Callback):
             "pending": self.pending,
             "history": self.history,
             "stage_start_step": self.stage_start_step,
+            "run_id": self.run_id,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -129,6 +134,7 @@ class PseudoLabelRefresh(Callback):
         self.pending = state_dict.get("pending")
         self.history = list(state_dict.get("history", []))
         self.stage_start_step = int(state_dict.get("stage_start_step", 0))
+        self.run_id = str(state_dict.get("run_id", self.run_id))
 
     # ------------------------------------------------------------------------------------------ hooks
 
@@ -192,7 +198,7 @@ class PseudoLabelRefresh(Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            config = label_config(trainer, pl_module, kind, stage)
+            config = {**label_config(trainer, pl_module, kind, stage), "run_id": self.run_id}
             run = LabelSetRun(trainer, pl_module, trainer.datamodule, kind, stage, out_dir, config, self.crf_workers)
             pending = pending_names(out_dir, run.config, run.names, self.verify_checksums)
             trainer.strategy.barrier("pseudo_label_pending")  # every rank read the manifests before any write
@@ -217,6 +223,6 @@ class PseudoLabelRefresh(Callback):
         callback = trainer.checkpoint_callback
         if not isinstance(callback, ModelCheckpoint) or callback.dirpath is None or trainer.sanity_checking:
             return
-        if trainer.state.fn != "fit" or trainer.global_step == 0:
+        if trainer.state.fn != "fit":
             return
         trainer.save_checkpoint(str(Path(callback.dirpath) / REFRESH_CHECKPOINT))

@@ -94,8 +94,17 @@ def _truncated(path: Path) -> bool:
         stream.seek(max(0, size - 32))
         tail = stream.read()
     if suffix == ".png":
-        return b"IEND" not in tail
-    return b"\xff\xd9" not in tail.rstrip(b"\x00\r\n ")
+        complete = b"IEND" in tail
+    else:
+        complete = b"\xff\xd9" in tail.rstrip(b"\x00\r\n ")
+    if complete:
+        return False
+    # No end marker near the end: truncated, or data appended after it (phone JPEG trailers). Decode to tell.
+    try:
+        read_image(path)
+    except DatasetError:
+        return True
+    return False
 
 
 def _size_or_problem(path: Path, kind: str, where: str, full: bool, reader: Callable | None) -> tuple:
@@ -250,16 +259,24 @@ def check_datamodule(
         splits.append(("test", datamodule.test_split))
     seen: set[tuple[str, str]] = set()
     for role, split in splits:
-        if (role, split) in seen:
+        key = (role if role == "train" else "eval", split)  # val and test of one split read the same files
+        if key in seen:
             continue
-        seen.add((role, split))
+        seen.add(key)
         try:
             entries = datamodule.entries(split)
         except DatasetError as error:
             report.add(Problem("split", split, str(error)))
             continue
         try:
-            if role == "train":
+            if role == "train" and datamodule.uses_label_set():
+                # a label set with its own images (<id>_<t>): check its files, not the split's ids
+                label_set = datamodule.label_set_dataset()
+                job = _SplitJob(
+                    "label set (train)", label_set.entries, label_set.image_dir, None, False, None,
+                    (label_set.seg_dir,), label_set.labels, datamodule.num_classes,
+                )  # fmt: skip
+            elif role == "train":
                 seg_dir = datamodule.train_gt_dir() if hp.train_target == "gt" else None
                 pseudo = datamodule.path(datamodule.pseudo_label_dir) if hp.train_target == "pseudo" else None
                 pseudo_sal = datamodule.path(datamodule.pseudo_saliency_dir)

@@ -192,14 +192,17 @@ class WSSSDataModule(L.LightningDataModule):
         """The ids of a split (cached). COCO without list files falls back to the split's image folder."""
         if split not in self._entries:
             try:
-                entries = read_id_list(resolve_split_file(self.root, split))
+                source = resolve_split_file(self.root, split)
             except DatasetError:
                 image_dir = self.image_dir(split)
                 if self.dataset_name != "coco" or not image_dir.is_dir():
                     raise
+                source = image_dir
                 entries = [ListEntry(stem, image_dir, 0) for stem in list_images(image_dir)]
+            else:
+                entries = read_id_list(source)  # a broken list file is an error, never a silent fallback
             if not entries:
-                raise DatasetError(f"split '{split}' under {self.root} lists no ids; check the list file")
+                raise DatasetError(f"{source} lists no ids for split '{split}'; add ids or fix the list file")
             self._entries[split] = entries
         return self._entries[split]
 
@@ -246,6 +249,18 @@ class WSSSDataModule(L.LightningDataModule):
         self.pseudo_saliency_dir = absolute(sal_dir)
         self.pseudo_image_dir = absolute(image_dir)
 
+    def adopt_given_label_set(self) -> None:
+        """A configured ``pseudo_label_dir`` that belongs to a label set with its own images (SSNet copies
+        ``<id>_<t>``: ``<set>/seg`` next to ``<set>/images``; the set folder itself is accepted too) is served as
+        that set, as the stage callback would (:meth:`set_pseudo_labels`). Relative paths resolve against root."""
+        if self.pseudo_label_dir is None or self.pseudo_image_dir is not None:
+            return
+        seg = self.path(self.pseudo_label_dir)
+        if seg.name != "seg" and (seg / "seg").is_dir():
+            seg = seg / "seg"
+        if (seg.parent / "images").is_dir():
+            self.set_pseudo_labels(seg, self.path(self.pseudo_saliency_dir), seg.parent / "images")
+
     # ------------------------------------------------------------------------------------------ datasets
 
     def _train_transform(self, augmentation: str | None = None):
@@ -261,10 +276,18 @@ class WSSSDataModule(L.LightningDataModule):
             return ResizeOnly(hp.crop_size)
         return None
 
+    def uses_label_set(self) -> bool:
+        """True when training iterates a label set with its own images (see :meth:`set_pseudo_labels`)."""
+        return (
+            self.hparams.train_target == "pseudo"
+            and self.pseudo_image_dir is not None
+            and self.pseudo_label_dir is not None
+        )
+
     def train_dataset(self) -> SegmentationDataset:
         hp = self.hparams
         split = hp.train_split
-        if hp.train_target == "pseudo" and self.pseudo_image_dir is not None and self.pseudo_label_dir is not None:
+        if self.uses_label_set():
             return self.label_set_dataset()
         if hp.train_target == "gt":
             seg_dir, seg_required = self.train_gt_dir(), True
@@ -357,6 +380,7 @@ class WSSSDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------------------------------ Lightning hooks
 
     def setup(self, stage: str | None = None) -> None:
+        self.adopt_given_label_set()
         if self.hparams.check == "off":
             return
         from wsss_lightning.data.check import check_datamodule

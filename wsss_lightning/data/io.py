@@ -51,7 +51,10 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
         return array
     if array.dtype == np.bool_:
         return array.astype(np.uint8) * 255
+    if array.dtype == np.uint16:  # 16-bit files (I;16): nominal range 0..65535, however dark the content
+        return np.clip(np.round(array.astype(np.float64) * 255.0 / 65535.0), 0, 255).astype(np.uint8)
     if np.issubdtype(array.dtype, np.integer):
+        # 32-bit "I" images carry no nominal range: 8-bit content stays, larger values are taken as 16-bit
         maximum = 65535 if array.max(initial=0) > 255 else 255
         return np.clip(np.round(array.astype(np.float64) * 255.0 / maximum), 0, 255).astype(np.uint8)
     finite = np.nan_to_num(array.astype(np.float64))
@@ -119,7 +122,10 @@ def read_saliency(path: str | Path) -> np.ndarray:
         used = np.unique(indices)
         if len(palette) > used.max(initial=0):
             colours = palette[used]
-            if np.all(colours[:, 0] == colours[:, 1]) and np.all(colours[:, 1] == colours[:, 2]):
+            grey = np.all(colours[:, 0] == colours[:, 1]) and np.all(colours[:, 1] == colours[:, 2])
+            # A palette that sends distinct indices to one level (a one-entry black palette padded with black
+            # to 256 entries) holds no information: read the indices, as for a short palette.
+            if grey and np.unique(colours[:, 0]).size == used.size:
                 return colours[:, 0][np.searchsorted(used, indices)].astype(np.uint8)
         return indices.copy()
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F", "1"):

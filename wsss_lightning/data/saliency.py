@@ -39,13 +39,20 @@ PUBLISHED_LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
     "PASCAL-S": (
         ("datasets/imgs/pascal", "datasets/masks/pascal"),
         ("pascal-s/datasets/imgs/pascal", "pascal-s/datasets/masks/pascal"),
+        ("salObj/datasets/imgs/pascal", "salObj/datasets/masks/pascal"),  # the archive is salObj.zip
         ("imgs/pascal", "masks/pascal"),
     ),
     "HKU-IS": (("imgs", "gt"), ("HKU-IS/imgs", "HKU-IS/gt")),
-    "DUT-OMRON": (
-        ("DUT-OMRON-image", "pixelwiseGT-new-PNG"),
-        ("DUT-OMRON-image/DUT-OMRON-image", "pixelwiseGT-new-PNG"),
-        ("DUT-OMRON-image/DUT-OMRON-image", "DUT-OMRON-gt-pixelwise/pixelwiseGT-new-PNG"),
+    # DUT-OMRON-image.zip and DUT-OMRON-gt-pixelwise.zip.zip unpack separately; unzip tools may add a folder
+    # named after either archive, so every image folder is paired with every mask folder.
+    "DUT-OMRON": tuple(
+        (images, masks)
+        for images in ("DUT-OMRON-image", "DUT-OMRON-image/DUT-OMRON-image")
+        for masks in (
+            "pixelwiseGT-new-PNG",
+            "DUT-OMRON-gt-pixelwise/pixelwiseGT-new-PNG",
+            "DUT-OMRON-gt-pixelwise.zip/pixelwiseGT-new-PNG",
+        )
     ),
 }
 GENERIC_LAYOUTS: tuple[tuple[str, str], ...] = (

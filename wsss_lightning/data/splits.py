@@ -42,6 +42,8 @@ class ListEntry:
     line: int
 
     def where(self) -> str:
+        if self.line <= 0:  # not from a list file: found in a folder (COCO without lists, label sets)
+            return f"found in {self.source}"
         return f"listed in {self.source.name} line {self.line}"
 
 

@@ -2,5 +2,6 @@
 
 from wsss_lightning.modules.auxsegnet import AuxSegNetModule
 from wsss_lightning.modules.base import WSSSModule
+from wsss_lightning.modules.ssnet import SSNetModule
 
-__all__ = ["AuxSegNetModule", "WSSSModule"]
+__all__ = ["AuxSegNetModule", "SSNetModule", "WSSSModule"]

@@ -113,9 +113,20 @@ class WSSSModule(L.LightningModule):
         self.stage = stage
         self.lr_segment_start = start_step
         self.lr_segment_epochs = epochs
-        if reset_optimizer and self._trainer is not None:
+        if self._trainer is None:
+            return
+        if reset_optimizer:
             for optimizer in self.trainer.optimizers:
                 optimizer.state.clear()
+        # The scheduler set the current lr at its last step, under the previous segment: re-evaluate it now so
+        # the stage's first step already runs at the restarted learning rate.
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                for group, base, factor in zip(
+                    scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas
+                ):
+                    group["lr"] = base * factor(scheduler.last_epoch)
 
     def refresh_kind(self, stage: int) -> str:
         """The kind of label set generated before ``stage`` (> 0) by the stage callback."""

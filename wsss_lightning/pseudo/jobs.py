@@ -77,6 +77,8 @@ class CRFLabelJob:
         image: ``uint8 (H, W, 3)`` the (augmented) image the probabilities belong to.
         crf: CRF parameters, or None for a plain argmax.
         save_image: write the image too (SSNet stage 2 trains on the augmented copies).
+        gt: ``uint8 (H, W)`` ground truth warped with the copy's geometry, written as ``gt/<name>.png`` so the
+            copy's label can be scored (None: not written).
     """
 
     name: str
@@ -85,6 +87,7 @@ class CRFLabelJob:
     image: np.ndarray
     crf: CRFParams | None = None
     save_image: bool = True
+    gt: np.ndarray | None = None
 
 
 def run_crf_label_job(job: CRFLabelJob) -> dict:
@@ -99,13 +102,37 @@ def run_crf_label_job(job: CRFLabelJob) -> dict:
 
         rel, digest = _write(out_dir, f"images/{job.name}.png", encode_png(Image.fromarray(job.image, mode="RGB")))
         files[rel] = digest
+    if job.gt is not None:
+        rel, digest = _write(out_dir, f"gt/{job.name}.png", palette_png_bytes(job.gt.astype(np.uint8)))
+        files[rel] = digest
     return {"name": job.name, "files": files}
 
 
-def run_label_job(job: FusionJob | CRFLabelJob) -> dict:
+@dataclass
+class LabelJobGroup:
+    """Several jobs recorded as ONE manifest entry ``name`` (SSNet: the copies ``<id>_<t>`` of training id ``<id>``).
+
+    The manifest, resume and the set's expected names stay keyed by training id: an id counts as written
+    only when all of its jobs are.
+    """
+
+    name: str
+    jobs: list[CRFLabelJob]
+
+
+def run_label_job_group(group: LabelJobGroup) -> dict:
+    files: dict[str, str] = {}
+    for job in group.jobs:
+        files.update(run_label_job(job)["files"])
+    return {"name": group.name, "files": files}
+
+
+def run_label_job(job: FusionJob | CRFLabelJob | LabelJobGroup) -> dict:
     """Run any label job (the function handed to the worker pool)."""
     if isinstance(job, FusionJob):
         return run_fusion_job(job)
     if isinstance(job, CRFLabelJob):
         return run_crf_label_job(job)
+    if isinstance(job, LabelJobGroup):
+        return run_label_job_group(job)
     raise TypeError(f"unknown label job {type(job).__name__}")

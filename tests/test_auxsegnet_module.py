@@ -1,0 +1,130 @@
+"""AuxSegNetModule: losses, optimiser groups, the restarting poly schedule, and the pseudo-label jobs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wsss_lightning.losses import multilabel_soft_margin, saliency_bce_loss, segmentation_ce_loss
+from wsss_lightning.models import AuxSegNetPlus, TimmBackbone
+from wsss_lightning.modules import AuxSegNetModule
+from wsss_lightning.pseudo.cam import normalize_cam, upsample_cam
+from wsss_lightning.pseudo.jobs import FusionJob, run_fusion_job
+
+NUM_CLASSES = 4
+
+
+def _module(**kwargs) -> AuxSegNetModule:
+    torch.manual_seed(0)
+    network = AuxSegNetPlus(NUM_CLASSES, TimmBackbone("test_resnet", output_stride=8), head_channels=16)
+    return AuxSegNetModule(network, num_classes=NUM_CLASSES, **kwargs)
+
+
+def _batch(size: int = 48, batch: int = 2) -> dict:
+    generator = torch.Generator().manual_seed(1)
+    seg = torch.randint(0, NUM_CLASSES, (batch, size, size), generator=generator).to(torch.uint8)
+    seg[:, :4] = 255
+    sal = torch.rand(batch, size, size, generator=generator)
+    sal[:, -3:] = 255.0
+    return {
+        "image": torch.randn(batch, 3, size, size, generator=generator),
+        "cls_label": torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])[:batch],
+        "seg": seg,
+        "sal": sal,
+        "name": [f"img{i}" for i in range(batch)],
+        "ori_size": torch.tensor([[size, size]] * batch),
+    }
+
+
+def test_training_step_is_the_weighted_sum_of_the_five_losses():
+    module = _module(cls_loss_weight=0.5, sal_loss_weight=2.0, seg_loss_weight=3.0)
+    module.network.eval()  # no dropout: the same outputs twice
+    batch = _batch()
+    loss = module.training_step(batch, 0)
+    out = module.network(batch["image"])
+    expected = (
+        0.5 * multilabel_soft_margin(out.cls_logits, batch["cls_label"])
+        + 2.0 * (saliency_bce_loss(out.sal_logits, batch["sal"]) + saliency_bce_loss(out.sal_refined, batch["sal"]))
+        + 3.0
+        * (segmentation_ce_loss(out.seg_logits, batch["seg"]) + segmentation_ce_loss(out.seg_refined, batch["seg"]))
+    )
+    assert torch.allclose(loss, expected, atol=1e-6)
+    module.enter_stage(-1, 0, 1, reset_optimizer=False)  # classification warm-up: L_cls only
+    assert module.phase == "warmup"
+    assert torch.allclose(
+        module.training_step(batch, 0), 0.5 * multilabel_soft_margin(out.cls_logits, batch["cls_label"])
+    )
+
+
+def test_parameter_groups_have_the_head_multiplier_and_skip_frozen_parameters():
+    torch.manual_seed(0)
+    network = AuxSegNetPlus(NUM_CLASSES, TimmBackbone("test_resnet", output_stride=8), head_channels=16)
+    frozen = next(network.backbone.parameters())
+    frozen.requires_grad_(False)
+    module = AuxSegNetModule(network, num_classes=NUM_CLASSES, lr=0.01, head_lr_mult=10.0, momentum=0.9)
+    optimizer = module.configure_optimizers()["optimizer"]
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert groups["backbone"]["lr"] == pytest.approx(0.01)
+    assert groups["heads"]["lr"] == pytest.approx(0.1)
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert id(frozen) not in in_optimizer
+    heads = {id(p) for p in network.parameter_groups()["heads"]}
+    assert {id(p) for p in groups["heads"]["params"]} == heads
+    assert optimizer.defaults["momentum"] == 0.9
+
+
+def test_poly_schedule_restarts_at_every_stage():
+    module = _module(poly_power=0.9)
+    module.lr_segment_steps = lambda: 100  # a stage of 100 optimiser steps
+    module.enter_stage(0, 0, 1, reset_optimizer=False)
+    assert module.poly_factor(0) == pytest.approx(1.0)
+    assert module.poly_factor(50) == pytest.approx(0.5**0.9)
+    assert module.poly_factor(100) == pytest.approx(0.0)
+    module.enter_stage(1, 100, 1, reset_optimizer=False)
+    assert module.poly_factor(100) == pytest.approx(1.0)
+    assert module.poly_factor(175) == pytest.approx(0.25**0.9)
+
+
+def test_initial_label_jobs_fuse_the_multiscale_cam_with_the_raw_saliency():
+    module = _module(cam_scales=(1.0, 0.5), cam_flip=True).eval()
+    batch = _batch(size=40)
+    batch["sal"] = torch.rand(2, 40, 40, generator=torch.Generator().manual_seed(3))
+    batch["raw"] = torch.zeros(2, 40, 40, 3, dtype=torch.uint8)
+    jobs, extras = module.label_jobs(batch, "initial", "/unused")
+    assert len(jobs) == 2 and all(isinstance(j, FusionJob) for j in jobs)
+    assert all(j.saliency_crf is None and not j.write_saliency for j in jobs)  # §2.7: raw off-the-shelf map
+    for index, job in enumerate(jobs):
+        np.testing.assert_allclose(job.saliency, batch["sal"][index].numpy(), atol=1e-6)
+        absent = (batch["cls_label"][index] == 0).nonzero().flatten().tolist()
+        cam_labels = extras["cam_labels"][index]
+        for cls in absent:
+            assert not (cam_labels == cls + 1).any(), "an absent class was labelled"
+        expected = np.where(job.peak > 0.2, job.peak_class.astype(np.int64) + 1, 0)
+        np.testing.assert_array_equal(cam_labels.numpy(), expected)
+
+
+def test_refined_label_jobs_propagate_the_cam_with_the_cross_task_affinity(tmp_path):
+    module = _module().eval()
+    batch = _batch(size=40, batch=1)
+    batch["sal"] = torch.rand(1, 40, 40, generator=torch.Generator().manual_seed(4))
+    batch["raw"] = torch.randint(0, 255, (1, 40, 40, 3), dtype=torch.uint8)
+    jobs, _ = module.label_jobs(batch, "refined", str(tmp_path))
+    with torch.no_grad():
+        out = module.network(batch["image"])
+        matrix = out.affinity.matrix()  # explicit (B, N, N) A_CT
+        cam = normalize_cam(out.cam.float())
+        b, k, h, w = cam.shape
+        propagated = torch.bmm(cam.flatten(2), matrix.transpose(1, 2)).view(b, k, h, w)  # K̃(:, i) = Σ_j A(i,j) M̂(:, j)
+        propagated = upsample_cam(propagated, (40, 40))
+        present = batch["cls_label"][0] > 0
+        peak = torch.where(present[:, None, None], propagated[0], torch.zeros(())).amax(0)
+        predicted = torch.sigmoid(F.interpolate(out.sal_refined, (40, 40), mode="bilinear"))[0, 0]
+    np.testing.assert_allclose(jobs[0].peak, peak.numpy(), atol=1e-5)
+    np.testing.assert_allclose(jobs[0].saliency, ((predicted + batch["sal"][0]) / 2).numpy(), atol=1e-5)
+    assert jobs[0].write_saliency and jobs[0].saliency_crf is not None
+    pytest.importorskip("pydensecrf.densecrf")
+    result = run_fusion_job(jobs[0])
+    assert set(result["files"]) == {"seg/img0.png", "sal/img0.png"}
+    assert (tmp_path / "seg" / "img0.png").is_file() and (tmp_path / "sal" / "img0.png").is_file()

@@ -1,0 +1,141 @@
+"""The `wsss` command end to end on the tiny demo: fit -> test (JSON) -> predict (PNGs) -> pseudolabel (resume)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from wsss_lightning.cli import main
+from wsss_lightning.data.demo import DEMO_CLASSES, TINY_SETTINGS, generate_demo
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli_demo")
+    generate_demo(root, seed=1, **TINY_SETTINGS)
+    return root
+
+
+def _config(demo: Path, run: Path) -> Path:
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "default_root_dir": str(run),
+            "logger": False,
+            "enable_progress_bar": False,
+            "num_sanity_val_steps": 0,
+            "limit_val_batches": 2,
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": str(run / "checkpoints"), "save_last": True, "save_top_k": 0},
+                }
+            ],
+        },
+        "stages": {
+            "class_path": "wsss_lightning.callbacks.PseudoLabelRefresh",
+            "init_args": {
+                "output_dir": str(run / "labels"),
+                "warmup_epochs": 1,
+                "num_stages": 1,
+                "epochs_per_stage": 1,
+            },
+        },
+        "model": {
+            "class_path": "wsss_lightning.modules.AuxSegNetModule",
+            "init_args": {
+                "network": {
+                    "class_path": "wsss_lightning.models.AuxSegNetPlus",
+                    "init_args": {
+                        "backbone": {
+                            "class_path": "wsss_lightning.models.TimmBackbone",
+                            "init_args": {"name": "test_resnet", "output_stride": 8},
+                        },
+                        "head_channels": 16,
+                    },
+                },
+                "lr": 0.01,
+                "cam_scales": [1.0, 0.5],
+                "test_modes": ["ss", "ms"],
+                "eval_scales": [0.75, 1.0],
+            },
+        },
+        "data": {
+            "class_path": "wsss_lightning.data.WSSSDataModule",
+            "init_args": {
+                "root": str(demo / "VOCdevkit" / "VOC2012"),
+                "dataset": "custom",
+                "class_names": list(DEMO_CLASSES),
+                "saliency_dir": "../../saliency_maps",
+                "saliency_test_sets": {"ECSSD": "../../ECSSD"},
+                "crop_size": 64,
+                "batch_size": 4,
+                "num_workers": 0,
+            },
+        },
+    }
+    path = run.parent / f"{run.name}.yaml"  # outside the run folder, where Lightning saves its own config.yaml
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_print_config_composes_and_overrides(demo, tmp_path, capsys):
+    config = _config(demo, tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--data.root", "/elsewhere", "--model.network.affinity", "pairwise",
+              "--print_config"])  # fmt: skip
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["init_args"]["root"] == "/elsewhere"
+    assert printed["model"]["init_args"]["network"]["init_args"]["affinity"] == "pairwise"
+    assert printed["stages"]["init_args"]["num_stages"] == 1
+
+
+@pytest.mark.slow
+def test_fit_test_predict_pseudolabel(demo, tmp_path):
+    config = _config(demo, tmp_path)
+    assert main(["fit", "--config", str(config)]) == 0
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+    results = tmp_path / "results.json"
+    assert main(["test", "--config", str(config), "--ckpt_path", "last", "--results_json", str(results)]) == 0
+    report = json.loads(results.read_text())
+    modes = report["segmentation"]["val"]
+    assert set(modes) == {"ss", "ms"}
+    assert modes["ms"]["mode"] == "multi-scale"
+    assert 0.0 <= modes["ss"]["mIoU"] <= 1.0 and set(modes["ss"]["IoU"]) == set(DEMO_CLASSES)
+    assert {"maxF", "meanF", "adpF", "MAE", "Sm", "maxE"} <= set(report["saliency"]["ECSSD"])
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index, source in enumerate(sorted((demo / "ECSSD" / "images").glob("*.jpg"))[:3]):
+        Image.open(source).save(photos / f"mine_{index}.png")
+    out = tmp_path / "predictions"
+    args = ["predict", "--config", str(config), "--ckpt_path", "last", "--data.predict_dir", str(photos)]
+    assert main([*args, "--out_dir", str(out)]) == 0
+    for index in range(3):
+        mask = Image.open(out / "masks" / f"mine_{index}.png")
+        saliency = Image.open(out / "saliency" / f"mine_{index}.png")
+        assert mask.mode == "P" and saliency.mode == "L"
+        assert mask.size == saliency.size == Image.open(photos / f"mine_{index}.png").size
+
+    labels = tmp_path / "manual_labels"
+    command = ["pseudolabel", "--config", str(config), "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt"),
+               "--out_dir", str(labels)]  # fmt: skip
+    assert main(command) == 0
+    ids = {p.stem for p in (demo / "VOCdevkit" / "VOC2012" / "SegmentationClassAug").glob("*.png")}
+    train_ids = {line.split()[0].split("/")[-1].split(".")[0] for line in
+                 (demo / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "train_aug.txt").read_text().split("\n")
+                 if line.strip()}  # fmt: skip
+    assert train_ids <= ids
+    assert {p.stem for p in (labels / "seg").glob("*.png")} == train_ids
+    first = json.loads((labels / "quality.json").read_text())
+    assert first["reused"] == 0 and first["images"] == len(train_ids)
+    assert main(command) == 0  # resumable: a second run reuses every intact file
+    assert json.loads((labels / "quality.json").read_text())["reused"] == len(train_ids)

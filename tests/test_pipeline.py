@@ -1,0 +1,118 @@
+"""The stage pipeline on the tiny demo: warm-up -> initial labels -> stage 0 -> refresh -> stage 1.
+
+Checks that the callback writes exactly one label per training id, that the DataModule serves the new labels
+in the next stage, that the learning-rate schedule restarts per stage, and the quality records.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from wsss_lightning.callbacks import PseudoLabelRefresh
+from wsss_lightning.data.datamodule import WSSSDataModule
+from wsss_lightning.data.demo import DEMO_CLASSES, TINY_SETTINGS, generate_demo
+from wsss_lightning.data.io import read_label
+from wsss_lightning.models import AuxSegNetPlus, TimmBackbone
+from wsss_lightning.modules import AuxSegNetModule
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    generate_demo(root, seed=0, **TINY_SETTINGS)
+    return root
+
+
+def _datamodule(demo: Path) -> WSSSDataModule:
+    return WSSSDataModule(
+        root=str(demo / "VOCdevkit" / "VOC2012"),
+        dataset="custom",
+        class_names=list(DEMO_CLASSES),
+        saliency_dir="../../saliency_maps",
+        saliency_test_sets={"ECSSD": "../../ECSSD"},
+        crop_size=64,
+        batch_size=4,
+        num_workers=0,
+    )
+
+
+def _module(lr: float = 0.01) -> AuxSegNetModule:
+    network = AuxSegNetPlus(len(DEMO_CLASSES), TimmBackbone("test_resnet", output_stride=8), head_channels=16)
+    return AuxSegNetModule(network, num_classes=len(DEMO_CLASSES), lr=lr, cam_scales=(1.0, 0.5), test_modes=["ss"])
+
+
+class Recorder(L.Callback):
+    """What each epoch trained on: label folders of the loader's dataset and the learning rate of its 1st step."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 0:
+            dataset = trainer.train_dataloader.dataset
+            self.epochs.append(
+                {
+                    "seg_dir": dataset.seg_dir,
+                    "sal_dir": dataset.sal_dir,
+                    "lr": [g["lr"] for g in trainer.optimizers[0].param_groups],
+                    "phase": pl_module.phase,
+                    "seg_values": set(torch.unique(batch["seg"]).tolist()),
+                }
+            )
+
+
+def test_two_stage_run_writes_one_label_per_id_and_serves_them_next_stage(demo, tmp_path):
+    L.seed_everything(0)
+    datamodule = _datamodule(demo)
+    stages = PseudoLabelRefresh(
+        output_dir=str(tmp_path / "labels"), warmup_epochs=1, num_stages=2, epochs_per_stage=1,
+        refresh_after_last_stage=False,
+    )  # fmt: skip
+    recorder = Recorder()
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=-1, callbacks=[stages, recorder], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, limit_val_batches=0, default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    module = _module()
+    trainer.fit(module, datamodule)
+
+    ids = [entry.id for entry in datamodule.entries("train_aug")]
+    assert trainer.current_epoch == 3  # 1 warm-up + 2 stages of 1 epoch
+    for stage in (0, 1):
+        folder = tmp_path / "labels" / f"stage{stage}"
+        written = sorted(p.stem for p in (folder / "seg").glob("*.png"))
+        assert written == sorted(ids), f"stage {stage}: exactly one label per training id"
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["count"] == len(ids) and set(manifest["files"]) == set(ids)
+        for name in ids[:3]:
+            values = set(read_label(folder / "seg" / f"{name}.png").ravel().tolist())
+            assert values <= set(range(len(DEMO_CLASSES))) | {255}
+    assert sorted(p.stem for p in (tmp_path / "labels" / "stage1" / "sal").glob("*.png")) == sorted(ids)
+    assert not (tmp_path / "labels" / "stage0" / "sal").exists()  # stage 0 trains on the off-the-shelf maps
+
+    warmup, stage0, stage1 = recorder.epochs
+    assert warmup["phase"] == "warmup" and warmup["seg_dir"] is None and warmup["seg_values"] == {255}
+    assert stage0["phase"] == "multitask"
+    assert Path(stage0["seg_dir"]) == (tmp_path / "labels" / "stage0" / "seg").resolve()
+    assert stage0["sal_dir"] == datamodule.path("../../saliency_maps")
+    assert Path(stage1["seg_dir"]) == (tmp_path / "labels" / "stage1" / "seg").resolve()
+    assert Path(stage1["sal_dir"]) == (tmp_path / "labels" / "stage1" / "sal").resolve()
+    assert stage0["seg_values"] - {255}, "stage 0 trains on real labels"
+    base = [0.01, 0.1]
+    for epoch in (warmup, stage0, stage1):  # the poly schedule restarts at every stage
+        assert epoch["lr"] == pytest.approx(base)
+
+    assert [r["kind"] for r in stages.history] == ["initial", "refined"]
+    for record in stages.history:
+        assert record["images"] == len(ids) and record["reused"] == 0
+        for key in ("pseudo_mIoU", "pseudo_precision", "pseudo_recall", "cam_mIoU"):
+            assert 0.0 <= record[key] <= 1.0
+        assert record["scored_images"] == len(datamodule.entries("train"))
+    assert json.loads((tmp_path / "labels" / "stage1" / "quality.json").read_text())["kind"] == "refined"
