@@ -16,7 +16,6 @@ from wsss_lightning.data.dataset import SegmentationDataset
 from wsss_lightning.data.demo import DEMO_CLASSES
 from wsss_lightning.data.io import DatasetError, image_size, read_label, read_saliency, write_grey_png
 from wsss_lightning.data.labels import labels_from_mask
-from wsss_lightning.data.palette import COCO_CLASSES
 from wsss_lightning.data.saliency import SaliencyDataset
 
 VOC = Path("VOCdevkit/VOC2012")
@@ -115,13 +114,15 @@ def test_set_pseudo_labels_changes_the_next_train_dataloader(tiny_demo: Path, tm
     for name in ids:
         size = image_size(tiny_demo / VOC / "JPEGImages" / f"{name}.jpg")
         write_grey_png(sal / f"{name}.png", np.full(size, 51, np.uint8))  # 51 / 255 = 0.2
+    torch.manual_seed(0)
     dm = _dm(tiny_demo, batch_size=8)
     before = dm.train_dataloader()
     assert _seg_values(before) == {255}
     dm.set_pseudo_labels(first)
     assert _seg_values(before) == {255}  # an existing loader keeps its data
     after = dm.train_dataloader()
-    assert _seg_values(after) == {3, 255}  # 255 = padding of images smaller than the crop
+    values = _seg_values(after)
+    assert 3 in values and values <= {3, 255}  # 255 = padding of images scaled below the crop size
     dm.set_pseudo_labels(second, sal)
     batch = next(iter(dm.train_dataloader()))
     assert set(batch["seg"].unique().tolist()) <= {4, 255} and 4 in batch["seg"]
@@ -201,6 +202,7 @@ def test_saliency_train_root_gives_combined_batches(tiny_demo: Path) -> None:
     dm = _dm(tiny_demo, saliency_train_root="../../DUTS/DUTS-TR", saliency_batch_size=3, train_target="gt")
     loader = dm.train_dataloader()
     assert isinstance(loader, CombinedLoader)
+    torch.manual_seed(0)
     batch, _, _ = next(iter(loader))
     assert set(batch) == {"seg", "sal"}
     assert batch["seg"]["image"].shape == (4, 3, 48, 48) and batch["sal"]["image"].shape == (3, 3, 48, 48)

@@ -27,7 +27,9 @@ def _dataset(demo: Path, split: str = "train_aug", **kwargs) -> SegmentationData
         sal_dir=demo / "saliency_maps",
     )
     defaults.update(kwargs)
-    return SegmentationDataset(read_id_list(root / f"ImageSets/Segmentation/{split}.txt"), root / "JPEGImages", C, **defaults)
+    return SegmentationDataset(
+        read_id_list(root / f"ImageSets/Segmentation/{split}.txt"), root / "JPEGImages", C, **defaults
+    )
 
 
 def test_sample_keys_dtypes_and_values(tiny_demo: Path) -> None:
@@ -48,7 +50,7 @@ def test_sample_keys_dtypes_and_values(tiny_demo: Path) -> None:
     assert sample["sal"].dtype == torch.float32
     grey = read_saliency(tiny_demo / "saliency_maps" / f"{name}.png")
     np.testing.assert_allclose(sample["sal"].numpy(), grey / np.float32(255.0), atol=1e-7)
-    assert 0.0 <= sample["sal"].min() and sample["sal"].max() <= 1.0
+    assert sample["sal"].min() >= 0.0 and sample["sal"].max() <= 1.0
     assert sample["cls_label"].dtype == torch.float32 and sample["cls_label"].shape == (C - 1,)
     np.testing.assert_array_equal(sample["cls_label"].numpy(), labels_from_mask(gt, C))  # XML agrees with mask
     assert sample["ori_size"].dtype == torch.int64 and sample["ori_size"].tolist() == [height, width]

@@ -195,7 +195,7 @@ def test_batch_scale_collate_gives_one_scale_to_the_whole_batch() -> None:
         assert batch["seg"].shape == (4, 72, 72) and batch["sal"].shape == (4, 72, 72)
         low, high = _feasible_scales(batch)
         assert low <= high, "the samples of one batch were scaled differently"
-        assert 0.6 - 0.05 <= low and high <= 1.6 + 0.05
+        assert low >= 0.6 - 0.05 and high <= 1.6 + 0.05
         scales_seen.append((low + high) / 2)
     assert max(scales_seen) - min(scales_seen) > 0.05  # but batches differ
 

@@ -100,7 +100,7 @@ def data_check(argv: list[str]) -> int:
     parser = data_parser(argv)
     config = parser.parse_args(argv)
     try:
-        datamodule = parser.instantiate_classes(config).data
+        datamodule = parser.instantiate(config).data  # instantiate_classes is deprecated in jsonargparse 4.49+
         stage = None if config.stage == "all" else config.stage
         report = check_datamodule(datamodule, stage=stage, full=not config.quick, progress=True)
     except DatasetError as error:

@@ -30,6 +30,7 @@ QUALITY_LOG_KEYS = {
     "pseudo_recall": "pseudo/recall",
     "pseudo_ignored_fraction": "pseudo/ignored_fraction",
     "cam_mIoU": "pseudo/cam_mIoU",
+    "raw_cam_mIoU": "pseudo/raw_cam_mIoU",
 }
 
 
@@ -70,8 +71,11 @@ class LabelSetRun:
         self.dataset = self.datamodule.refresh_dataset()
         self.names = self.dataset.ids
         self.eval_ids = self.datamodule.pseudo_eval_ids()
-        self.cam_metric = PseudoLabelQuality(pl_module.num_classes).to(pl_module.device)
-        self.cam_scored = 0
+        # Extra label maps a method reports for ablations (e.g. "cam" = CAM-only labels), scored in memory.
+        self.extra_metrics: dict[str, PseudoLabelQuality] = {
+            name: PseudoLabelQuality(pl_module.num_classes).to(pl_module.device)
+            for name in getattr(pl_module, "extra_label_kinds", lambda kind: ())(kind)
+        }
         self.started = time.perf_counter()
         self.writer = PseudoLabelWriter(self.out_dir, self.config, rank=trainer.global_rank, workers=crf_workers)
         self.reused = 0
@@ -92,21 +96,20 @@ class LabelSetRun:
         jobs, extras = self.pl_module.label_jobs(batch, self.kind, str(self.out_dir))
         for job in jobs:
             self.writer.submit(run_label_job, job)
-        self._update_cam_metric(batch, extras)
+        self._update_extra_metrics(batch, extras)
         return len(jobs)
 
-    def _update_cam_metric(self, batch: dict[str, Any], extras: dict[str, Any]) -> None:
-        cam_labels = extras.get("cam_labels")
-        if cam_labels is None:
-            return
-        for index, name in enumerate(batch["name"]):
-            if self.eval_ids is not None and name not in self.eval_ids:
-                continue
-            h, w = batch["ori_size"][index].tolist()
-            gt = batch["seg"][index, :h, :w].long()
-            if bool((gt != 255).any()):
-                self.cam_metric.update(cam_labels[index, :h, :w].long(), gt)
-                self.cam_scored += 1
+    def _update_extra_metrics(self, batch: dict[str, Any], extras: dict[str, Any]) -> None:
+        """Score the method's extra label maps (``<name>_labels`` (B, H, W)) of the GT-scored ids."""
+        for name, metric in self.extra_metrics.items():
+            labels = extras[f"{name}_labels"]
+            for index, image_id in enumerate(batch["name"]):
+                if self.eval_ids is not None and image_id not in self.eval_ids:
+                    continue
+                h, w = batch["ori_size"][index].tolist()
+                gt = batch["seg"][index, :h, :w].long()
+                if bool((gt != 255).any()):
+                    metric.update(labels[index, :h, :w].long(), gt)
 
     def finish(self, reused: int = 0) -> dict[str, Any]:
         """Wait for all ranks, merge the manifest, score; returns the record (same on every rank)."""
@@ -124,13 +127,13 @@ class LabelSetRun:
             "written_rank0": written,
             "reused": reused,
             "seconds": round(time.perf_counter() - self.started, 2),
-            **self._score(complete_cam=reused == 0),
+            **self._score(complete_extras=reused == 0),
         }
         if self.trainer.is_global_zero:
             atomic_write_text(self.out_dir / "quality.json", json.dumps(record, indent=2))
         return record
 
-    def _score(self, complete_cam: bool) -> dict[str, Any]:
+    def _score(self, complete_extras: bool) -> dict[str, Any]:
         if (self.out_dir / "images").is_dir():
             return self._score_copies()
         gt_dir = self.datamodule.train_gt_dir()
@@ -141,9 +144,10 @@ class LabelSetRun:
         metric = PseudoLabelQuality(self.pl_module.num_classes).to(self.pl_module.device)
         score_label_dir(self.out_dir / "seg", gt_dir, shard, self.pl_module.num_classes, metric)
         result: dict[str, Any] = {f"pseudo_{k}": v for k, v in quality_summary(metric).items()}
-        cam = quality_summary(self.cam_metric)  # computed on every rank: compute() synchronises
-        if complete_cam:  # after a resume the CAM-only labels of reused ids were not seen
-            result.update(cam_mIoU=cam["mIoU"], cam_precision=cam["precision"], cam_recall=cam["recall"])
+        for name, extra in self.extra_metrics.items():
+            summary = quality_summary(extra)  # on every rank: compute() synchronises
+            if complete_extras:  # after a resume the extra labels of reused ids were not seen
+                result.update({f"{name}_{key}": value for key, value in summary.items() if key != "ignored_fraction"})
         result["scored_images"] = sum(1 for n in ids if (gt_dir / f"{n}.png").is_file())
         return result
 

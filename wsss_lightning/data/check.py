@@ -94,12 +94,11 @@ def _truncated(path: Path) -> bool:
         stream.seek(max(0, size - 32))
         tail = stream.read()
     if suffix == ".png":
-        complete = b"IEND" in tail
-    else:
-        complete = b"\xff\xd9" in tail.rstrip(b"\x00\r\n ")
-    if complete:
+        return b"IEND" not in tail
+    if b"\xff\xd9" in tail.rstrip(b"\x00\r\n "):
         return False
-    # No end marker near the end: truncated, or data appended after it (phone JPEG trailers). Decode to tell.
+    # No JPEG end marker near the end: truncated, or data appended after it (phone cameras write trailers
+    # after EOI). Decoding tells them apart; it runs only for these rare files.
     try:
         read_image(path)
     except DatasetError:
@@ -143,7 +142,7 @@ def _check_entry(job: _SplitJob, entry: ListEntry, full: bool) -> tuple[list[Pro
     image_hw, _, problem = _size_or_problem(image_path, "unreadable image", where, full, read_image)
     if problem:
         problems.append(problem)
-    label_vector = None
+    label_vector, label_file = None, None
     maps = [(job.seg_dir, "label", job.seg_required, read_label)]
     maps += [(job.sal_dir, "saliency map", True, read_saliency)]
     maps += [(folder, "pseudo-label", True, read_label) for folder in job.pseudo_dirs]
@@ -181,19 +180,18 @@ def _check_entry(job: _SplitJob, entry: ListEntry, full: bool) -> tuple[list[Pro
                     )
                 )
             elif folder == job.seg_dir and job.labels is not None and job.labels.source == "masks":
-                label_vector = labels_from_mask(array, job.num_classes, str(path))
+                label_vector, label_file = labels_from_mask(array, job.num_classes, str(path)), path
     if job.labels is not None and (label_vector is None):
         source = job.labels.source
         if source == "masks" and not full:
             return problems, None  # mask-derived labels need decoding: full check only
         try:
-            label_vector = job.labels.get(entry.id)
+            label_vector, label_file = job.labels.get(entry.id), job.labels.path_for(entry.id)
         except DatasetError as error:
             problems.append(Problem("missing image label", str(job.labels.path_for(entry.id)), str(error), where))
     if label_vector is not None and not label_vector.any():
-        problems.append(
-            Problem("image with no class", str(image_path), "has no foreground class in its image-level label", where)
-        )
+        message = f"has no foreground class in its image-level label (from {label_file})"
+        problems.append(Problem("image with no class", str(image_path), message, where))
     return problems, label_vector
 
 

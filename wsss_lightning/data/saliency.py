@@ -85,6 +85,13 @@ def canonical_name(name: str) -> str:
     return _ALIASES.get(re.sub(r"[^a-z0-9]", "", name.lower()), name)
 
 
+def _has_images(folder: Path) -> bool:
+    """True if ``folder`` is a directory with at least one image file directly inside (stops at the first)."""
+    if not folder.is_dir():
+        return False
+    return any(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() for p in folder.iterdir())
+
+
 def resolve_layout(
     root: str | Path, name: str | None = None, image_dir: str | None = None, mask_dir: str | None = None
 ) -> tuple[Path, Path]:
@@ -109,11 +116,12 @@ def resolve_layout(
         # The archive's top folder may be the root or one level below it (DUTS/DUTS-TE/..., ECSSD/...).
         layouts = layouts + tuple((f"{canonical}/{i}", f"{canonical}/{m}") for i, m in layouts)
     for images, masks in layouts:
-        if (root / images).is_dir() and (root / masks).is_dir():
+        # a folder holding only the nested copy (DUT-OMRON-image/DUT-OMRON-image) is not the image folder
+        if _has_images(root / images) and _has_images(root / masks):
             return root / images, root / masks
     tried = "; ".join(f"{i} + {m}" for i, m in layouts[:8])
     raise DatasetError(
-        f"no {canonical or 'saliency'} image/mask folders under {root} (tried {tried}); "
+        f"no {canonical or 'saliency'} image/mask folders holding images under {root} (tried {tried}); "
         "point the root at the unpacked dataset or set image_dir and mask_dir"
     )
 

@@ -180,8 +180,9 @@ class AuxSegNetModule(WSSSModule):
             out_dir: the set's folder.
 
         Returns:
-            the CPU jobs, and ``cam_labels`` (B, H, W) uint8: the CAM-only labels (class where the peak CAM
-            exceeds ``cam_threshold``, else background) for the "CAM only" ablation row.
+            the CPU jobs, and extra label maps (B, H, W) uint8 for the ablation rows: ``cam_labels`` (CAM-only:
+            the peak class where the CAM exceeds ``cam_threshold``, else background) and, for ``refined``,
+            ``raw_cam_labels`` (the same without affinity propagation).
         """
         hp = self.hparams
         images, labels = batch["image"], batch["cls_label"]
@@ -202,7 +203,10 @@ class AuxSegNetModule(WSSSModule):
         else:
             raise ValueError(f"unknown pseudo-label kind {kind!r}")
         peak, peak_class = self._peak(cams, labels)
-        cam_labels = torch.where(peak > hp.cam_threshold, peak_class + 1, 0).to(torch.uint8)
+        extras = {"cam_labels": self._cam_only_labels(peak, peak_class)}
+        if kind == "refined":  # the same CAM without the affinity propagation: the "+ affinity" ablation
+            raw = upsample_cam(normalize_cam(out.cam.float()), (height, width))
+            extras["raw_cam_labels"] = self._cam_only_labels(*self._peak(raw, labels))
         jobs = []
         for index, (h, w) in enumerate(sizes):
             missing = bool((offshelf[index, :h, :w] == 255).all()) and kind == "initial"
@@ -223,7 +227,16 @@ class AuxSegNetModule(WSSSModule):
                     write_saliency=kind == "refined",
                 )
             )
-        return jobs, {"cam_labels": cam_labels}
+        return jobs, extras
+
+    def _cam_only_labels(self, peak: Tensor, peak_class: Tensor) -> Tensor:
+        """CAM-only labels (B, H, W) uint8: the peak class where the CAM exceeds ``cam_threshold``, else background."""
+        return torch.where(peak > self.hparams.cam_threshold, peak_class + 1, 0).to(torch.uint8)
+
+    def extra_label_kinds(self, kind: str) -> tuple[str, ...]:
+        """Extra label maps ``label_jobs`` returns for ablations: CAM-only labels, and for label updates the
+        same single-scale CAM without the affinity propagation (``raw_cam``)."""
+        return ("cam", "raw_cam") if kind == "refined" else ("cam",)
 
     def label_config(self, kind: str) -> dict[str, Any]:
         """What determines a label set (for the manifest's config hash)."""
