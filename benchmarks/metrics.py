@@ -1,12 +1,13 @@
-"""Benchmarks of the metric code. ``python benchmarks/metrics.py --part saliency [--num 1000]``.
+"""Benchmarks of the platform: metrics and data loading. ``python benchmarks/metrics.py [--part saliency|loading]``.
 
-Parts (``PARTS``): ``saliency`` times :class:`wsss_lightning.metrics.SaliencyMetrics` (protocol ``sod``, batched
-torch) against pysodmetrics' ``Fmeasure + MAE + Smeasure + Emeasure`` (numpy, one image at a time) on the same
-seeded, structured maps (blurred elliptic blobs with noise and a distractor vs. their GT), checks that all eight
-numbers agree to 1e-6, and prints images/s and the speed ratio as markdown tables. Only the metric calls are
-timed, interleaved chunk by chunk (both see the same machine load); the maps are generated outside the timers so
-memory stays small. torch runs on one thread by default, like numpy: on a shared machine, multi-threaded
-torch ops wait for descheduled threads and the timing becomes noise.
+Parts (``PARTS``): ``loading`` measures the VOC DataModule's images/s with 0 and 2 workers; ``saliency`` times
+:class:`wsss_lightning.metrics.SaliencyMetrics` (protocol ``sod``, batched torch) against pysodmetrics'
+``Fmeasure + MAE + Smeasure + Emeasure`` (numpy, one image at a time) on the same seeded, structured maps
+(blurred elliptic blobs with noise and a distractor vs. their GT), checks that all eight numbers agree to 1e-6,
+and prints images/s and the speed ratio as markdown tables. Only the metric calls are timed, interleaved chunk by
+chunk (both see the same machine load); the maps are generated outside the timers so memory stays small. torch
+runs on one thread by default, like numpy: on a shared machine, multi-threaded torch ops wait for descheduled
+threads and the timing becomes noise.
 """
 
 from __future__ import annotations
@@ -185,7 +186,44 @@ def bench_saliency(args: argparse.Namespace) -> int:
     return 0 if agree else 1
 
 
-PARTS: dict[str, Callable[[argparse.Namespace], int]] = {"saliency": bench_saliency}
+def bench_loading(args: argparse.Namespace) -> int:
+    """VOC DataModule throughput (images/s) with 0 and 2 workers on a VOC-sized synthetic set.
+
+    The demo generator writes ``--loading_images`` images at VOC's typical size (350–500 px sides) in the real
+    VOC layout; the training loader (scale 0.7–1.3, crop 321, flip, per-batch scale, batch 4) and the full-size
+    evaluation loader (batch 1) are each read for two passes and the second pass is timed.
+    """
+    import tempfile
+
+    from wsss_lightning.data.datamodule import WSSSDataModule
+    from wsss_lightning.data.demo import DEMO_CLASSES, generate_demo
+
+    count = args.loading_images
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        generate_demo(
+            folder, seed=args.seed, num_train_aug=count, num_train=count // 4, num_val=count // 2,
+            num_duts_train=0, num_duts_test=0, num_ecssd=0, size_range=(350, 500),
+        )  # fmt: skip
+        for workers in (0, 2):
+            datamodule = WSSSDataModule(
+                root=f"{folder}/VOCdevkit/VOC2012", dataset="custom", class_names=list(DEMO_CLASSES),
+                saliency_dir="../../saliency_maps", crop_size=321, batch_size=4, num_workers=workers,
+                persistent_workers=True, check="off",
+            )  # fmt: skip
+            for name, loader in (("train (crop 321, batch 4)", datamodule.train_dataloader()),
+                                 ("val (full size, batch 1)", datamodule.val_dataloader()[0])):  # fmt: skip
+                for _ in loader:  # warm-up pass: worker start-up, file cache
+                    pass
+                start = time.perf_counter()
+                images = sum(batch["image"].shape[0] for batch in loader)
+                rows.append([name, str(workers), f"{images / (time.perf_counter() - start):.1f}"])
+    print(f"\nVOC DataModule throughput, {count} synthetic images of 350-500 px (second pass timed)\n")
+    print(_table(["loader", "workers", "images/s"], rows))
+    return 0
+
+
+PARTS: dict[str, Callable[[argparse.Namespace], int]] = {"saliency": bench_saliency, "loading": bench_loading}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=400)
     parser.add_argument("--batch", type=int, default=10, help="maps per SaliencyMetrics.update call")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--loading_images", type=int, default=200, help="images of the data-loading benchmark")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (1 = the same single core numpy uses)"
     )
