@@ -116,6 +116,9 @@ class LabelSetRun:
         written = self.writer.close()
         strategy = self.trainer.strategy
         strategy.barrier("pseudo_label_written")
+        # How many labels each rank wrote: their sum is the number of pending ids iff each was written once.
+        per_rank = strategy.all_gather(torch.tensor([written], device=self.pl_module.device))
+        per_rank = [int(v) for v in per_rank.reshape(-1).tolist()]
         if self.trainer.is_global_zero:
             finalize_manifest(self.out_dir, self.config, self.names, {"stage": self.stage, "kind": self.kind})
         strategy.barrier("pseudo_label_manifest")
@@ -124,7 +127,7 @@ class LabelSetRun:
             "kind": self.kind,
             "dir": str(self.out_dir),
             "images": len(self.names),
-            "written_rank0": written,
+            "written_per_rank": per_rank,
             "reused": reused,
             "seconds": round(time.perf_counter() - self.started, 2),
             **self._score(complete_extras=reused == 0),

@@ -141,6 +141,8 @@ class PseudoLabelRefresh(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        # Every rank built its own callback: agree on rank 0's run id (a resume then restores the saved one).
+        self.run_id = trainer.strategy.broadcast(self.run_id, src=0)
         if trainer.max_epochs not in (None, -1, self.total_epochs):
             log.info("max_epochs set to %d by PseudoLabelRefresh (warm-up + stages)", self.total_epochs)
         trainer.fit_loop.max_epochs = self.total_epochs

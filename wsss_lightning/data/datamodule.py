@@ -26,6 +26,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
@@ -389,13 +390,16 @@ class WSSSDataModule(L.LightningDataModule):
         if report.errors:
             raise DatasetError(report.error_message())
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, collate_fn=None, drop_last=False) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, batch_size: int, shuffle: bool, collate_fn=None, drop_last=False, sampler=None
+    ) -> DataLoader:
         hp = self.hparams
         pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else False,
+            sampler=sampler,
             num_workers=hp.num_workers,
             pin_memory=pin,
             persistent_workers=hp.persistent_workers and hp.num_workers > 0,
@@ -420,12 +424,27 @@ class WSSSDataModule(L.LightningDataModule):
         sets = self.hparams.saliency_val_sets if stage == "validate" else self.hparams.saliency_test_sets
         return [f"seg/{split}"] + [f"sal/{canonical_name(name)}" for name in (sets or {})]
 
+    @staticmethod
+    def _eval_sampler(dataset: Dataset):
+        """Under DDP: each rank scores a disjoint share of the images, none twice.
+
+        Lightning's default DistributedSampler pads the last shard with repeated images, which changes a
+        dataset-level mIoU; an unrepeated sampler keeps the multi-GPU result equal to the single-process one.
+        """
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return None
+        if torch.distributed.get_world_size() == 1:
+            return None
+        return UnrepeatedDistributedSampler(dataset, shuffle=False)
+
     def _eval_loaders(self, split: str, sets: dict[str, str] | None) -> list[DataLoader]:
         batch = self.hparams.eval_batch_size
-        loaders = [self._loader(self.eval_dataset(split), batch, False, pad_collate)]
-        for name, root in (sets or {}).items():
-            loaders.append(self._loader(self.saliency_dataset(name, root), batch, False, pad_collate))
-        return loaders
+        datasets = [self.eval_dataset(split)]
+        datasets += [self.saliency_dataset(name, root) for name, root in (sets or {}).items()]
+        return [
+            self._loader(dataset, batch, False, pad_collate, sampler=self._eval_sampler(dataset))
+            for dataset in datasets
+        ]
 
     def val_dataloader(self):
         return self._eval_loaders(self.hparams.val_split, self.hparams.saliency_val_sets)

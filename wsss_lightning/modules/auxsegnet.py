@@ -120,6 +120,10 @@ class AuxSegNetModule(WSSSModule):
             loss_seg = segmentation_ce_loss(out.seg_logits, seg) + segmentation_ce_loss(out.seg_refined, seg)
             losses.update(loss_sal=loss_sal, loss_seg=loss_seg)
             total = total + hp.sal_loss_weight * loss_sal + hp.seg_loss_weight * loss_seg
+        else:
+            # Warm-up trains the classifier only; a zero-weighted term keeps the branches in the graph so that
+            # DDP's gradient reducer sees every parameter (no find_unused_parameters needed).
+            total = total + 0.0 * (out.seg_refined.float().mean() + out.sal_refined.float().mean())
         batch_size = batch["image"].shape[0]
         for name, value in losses.items():
             self.log(f"train/{name}", value.detach(), batch_size=batch_size)
