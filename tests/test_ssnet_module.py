@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,7 +80,7 @@ def _datamodule(demo: Path, **kwargs) -> WSSSDataModule:
     return WSSSDataModule(str(demo / "VOCdevkit" / "VOC2012"), **options)
 
 
-def _joint_batch(with_seg: bool) -> dict[str, dict[str, torch.Tensor]]:
+def _joint_batch() -> dict[str, dict[str, torch.Tensor]]:
     generator = torch.Generator().manual_seed(1)
     labels = torch.tensor([[1, 0, 0, 1, 0], [0, 1, 0, 0, 0]], dtype=torch.float32)
     seg = torch.randint(0, NUM_CLASSES, (2, 64, 64), generator=generator, dtype=torch.uint8)
@@ -112,7 +115,7 @@ def _saliency_loss(network: torch.nn.Module, batch: dict[str, torch.Tensor], for
 
 def test_stage1_step_is_gap_classification_plus_saliency_loss() -> None:
     module = _module(cls_loss_weight=0.5, sal_loss_weight=2.0)
-    batch = _joint_batch(with_seg=False)
+    batch = _joint_batch()
     total = module.training_step(batch, 0)
     # BatchNorm in train mode is a function of the batch, so the passes can be recomputed exactly.
     out = module.stage1(batch["seg"]["image"])
@@ -121,15 +124,16 @@ def test_stage1_step_is_gap_classification_plus_saliency_loss() -> None:
     expected = 0.5 * loss_c + 2.0 * _saliency_loss(module.stage1, batch["sal"], "linear")
     torch.testing.assert_close(total, expected)
     total.backward()
-    assert all(p.grad is None for p in module.stage2.parameters())  # the inactive network is not touched
-    assert module.stage1.pred_coarse.weight.grad is not None
+    # the inactive network is not run: zero gradients (it sits in the graph for DDP's reducer only)
+    assert all(p.grad is not None and not p.grad.any() for p in module.stage2.parameters())
+    assert module.stage1.pred_coarse.weight.grad.abs().sum() > 0
 
 
 def test_stage2_step_is_segmentation_ce_plus_classifier_plus_saliency_loss() -> None:
     module = _module(cls_loss_weight=0.5, sal_loss_weight=2.0, seg_loss_weight=3.0, saliency_loss="log")
     module.enter_stage(1, 0, None, reset_optimizer=False)
     assert module.network is module.stage2
-    batch = _joint_batch(with_seg=True)
+    batch = _joint_batch()
     total = module.training_step(batch, 0)
     out = module.stage2(batch["seg"]["image"])
     target = batch["seg"]["seg"].long()
@@ -141,13 +145,14 @@ def test_stage2_step_is_segmentation_ce_plus_classifier_plus_saliency_loss() -> 
     expected = 3.0 * loss_seg + 0.5 * loss_cls + 2.0 * _saliency_loss(module.stage2, batch["sal"], "log")
     torch.testing.assert_close(total, expected)
     total.backward()
-    assert all(p.grad is None for p in module.stage1.parameters())
+    assert all(p.grad is not None and not p.grad.any() for p in module.stage1.parameters())
+    assert module.stage2.classifier.weight.grad.abs().sum() > 0
 
 
 def test_training_step_needs_the_joint_batch() -> None:
     module = _module()
     with pytest.raises(ValueError, match="saliency_train_root"):
-        module.training_step(_joint_batch(False)["seg"], 0)
+        module.training_step(_joint_batch()["seg"], 0)
 
 
 def test_joint_loader_yields_voc_and_duts_batches(demo: Path) -> None:
@@ -172,14 +177,18 @@ def test_adam_groups_and_step_decay_restarting_at_stage_two() -> None:
     optimizer = config["optimizer"]
     assert isinstance(optimizer, torch.optim.Adam)
     assert [g["name"] for g in optimizer.param_groups] == ["stage1", "stage2"]
-    assert [g["lr"] for g in optimizer.param_groups] == [1e-4, 5e-6]
+    assert config["lr_scheduler"]["scheduler"].base_lrs == [1e-4, 5e-6]
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-4, 0.0]  # stage 1 is active
     assert all(g["betas"] == (0.95, 0.999) and g["weight_decay"] == 0.0 for g in optimizer.param_groups)
     counts = [sum(p.numel() for p in g["params"]) for g in optimizer.param_groups]
     assert counts == [sum(p.numel() for p in net.parameters()) for net in (module.stage1, module.stage2)]
-    # stage 1: x0.1 every 2000 steps
-    assert [module.lr_factor(s) for s in (0, 1999, 2000, 4000, 5999)] == pytest.approx([1, 1, 0.1, 0.01, 0.01])
+    # stage 1: x0.1 every 2000 steps; the inactive stage-2 group runs at lr 0
+    factors = config["lr_scheduler"]["scheduler"].lr_lambdas
+    assert [factors[0](s) for s in (0, 1999, 2000, 4000, 5999)] == pytest.approx([1, 1, 0.1, 0.01, 0.01])
+    assert [factors[1](s) for s in (0, 2000)] == [0.0, 0.0]
     module.enter_stage(1, 6610, None, reset_optimizer=True)  # stage 2 starts at step 6610
-    assert [module.lr_factor(s) for s in (6610, 9609, 9610, 12610)] == pytest.approx([1, 1, 0.5, 0.25])
+    assert [factors[1](s) for s in (6610, 9609, 9610, 12610)] == pytest.approx([1, 1, 0.5, 0.25])
+    assert [factors[0](s) for s in (6610, 9610)] == [0.0, 0.0]
     with pytest.raises(ValueError, match="two networks"):
         module.enter_stage(2, 0, None, reset_optimizer=True)
 
@@ -196,6 +205,7 @@ def test_first_network_two_trains_stage_two_from_callback_stage_zero() -> None:
 @pytest.mark.parametrize("reset", [True, False])
 def test_reset_on_decay_clears_adams_state_at_each_decay(demo: Path, tmp_path: Path, reset: bool) -> None:
     module = _module(stage1_decay_steps=2, reset_on_decay=reset)
+    stage2 = {k: v.clone() for k, v in module.stage2.state_dict().items()}
     trainer = L.Trainer(
         accelerator="cpu", max_steps=3, limit_train_batches=3, limit_val_batches=0, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
@@ -204,8 +214,9 @@ def test_reset_on_decay_clears_adams_state_at_each_decay(demo: Path, tmp_path: P
     optimizer = trainer.optimizers[0]
     steps = {int(optimizer.state[p]["step"]) for p in module.stage1.parameters()}
     assert steps == ({1} if reset else {3})  # steps 0, 1 | reset | step 2
-    assert not any(p in optimizer.state for p in module.stage2.parameters())
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.1)  # lr of step 3: 0.1^(3 // 2)
+    assert optimizer.param_groups[1]["lr"] == 0.0
+    assert all(torch.equal(stage2[k], v) for k, v in module.stage2.state_dict().items())  # untouched
 
 
 # --- inference ----------------------------------------------------------------------------------------------
@@ -274,7 +285,7 @@ def test_label_jobs_are_deterministic_copies_named_id_t(demo: Path) -> None:
             np.testing.assert_array_equal(job.gt, warped)
             assert set(np.unique(job.gt)) <= set(np.unique(gt))  # nearest neighbour: no new values
         assert any(not np.array_equal(group.jobs[0].image, other.image) for other in group.jobs[1:])
-    assert not np.array_equal(groups[0].jobs[0].image, groups[1].jobs[0].image[: groups[0].jobs[0].image.shape[0]])
+    assert not np.array_equal(groups[0].jobs[0].image, groups[1].jobs[0].image)  # other id, other image
 
 
 def test_label_probabilities_mask_absent_classes_as_the_code(demo: Path) -> None:
@@ -311,8 +322,9 @@ def test_label_files_never_contain_absent_classes(demo: Path, tmp_path: Path) ->
         for t in range(2):
             label = read_label(tmp_path / "seg" / f"{group.name}_{t}.png")
             assert label.shape == (64, 64) and set(np.unique(label).tolist()) <= present
-            np.testing.assert_array_equal(read_image(tmp_path / "images" / f"{group.name}_{t}.png"), group.jobs[t].image)
-            np.testing.assert_array_equal(read_label(tmp_path / "gt" / f"{group.name}_{t}.png"), group.jobs[t].gt)
+            copy = f"{group.name}_{t}.png"
+            np.testing.assert_array_equal(read_image(tmp_path / "images" / copy), group.jobs[t].image)
+            np.testing.assert_array_equal(read_label(tmp_path / "gt" / copy), group.jobs[t].gt)
 
 
 def test_label_jobs_write_gt_only_for_scored_images(demo: Path) -> None:
@@ -427,7 +439,8 @@ def test_configs_parse_and_compose(capsys: pytest.CaptureFixture[str]) -> None:
     voc = printed("voc_ssnet.yaml")
     assert voc["model"]["init_args"]["stage1"]["init_args"]["backbone"] == "densenet169"
     assert voc["stages"]["init_args"]["epochs_per_stage"] == [5, 2]
-    assert set(voc["data"]["init_args"]["saliency_test_sets"]) == {"ECSSD", "PASCAL-S", "HKU-IS", "DUT-OMRON", "DUTS-TE"}
+    sets = {"ECSSD", "PASCAL-S", "HKU-IS", "DUT-OMRON", "DUTS-TE"}
+    assert set(voc["data"]["init_args"]["saliency_test_sets"]) == sets
     only2 = printed("voc_ssnet.yaml", "voc_ssnet_stage2_from_labels.yaml")
     assert only2["model"]["init_args"]["first_network"] == 2
     assert only2["model"]["init_args"]["stage2"]["init_args"]["backbone"] == "densenet169"
@@ -455,7 +468,6 @@ def _cli_config(demo: Path, run: Path) -> Path:
     return path
 
 
-@pytest.mark.slow
 def test_wsss_fit_then_test_writes_segmentation_and_saliency_results(demo: Path, tmp_path: Path) -> None:
     config = _cli_config(demo, tmp_path)
     assert main(["fit", "--config", str(config)]) == 0
@@ -471,3 +483,25 @@ def test_wsss_fit_then_test_writes_segmentation_and_saliency_results(demo: Path,
     for values in report["saliency"].values():
         assert {"maxF", "meanF", "adpF", "MAE", "Sm", "maxE"} <= set(values)
         assert 0.0 <= values["maxF"] <= 1.0 and 0.0 <= values["MAE"] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_two_process_ddp_runs_both_stages(demo: Path, tmp_path: Path) -> None:
+    """Plain DDP (no find_unused_parameters): the inactive network stays in the graph with a zero-weighted term."""
+    config = _cli_config(demo, tmp_path)
+    command = [sys.executable, "-m", "wsss_lightning.cli", "fit", "--config", str(config), "--trainer.devices", "2",
+               "--trainer.strategy", "ddp"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(CONFIGS.parent)}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    label_set = tmp_path / "labels" / "stage1"
+    ids = _datamodule(demo).refresh_dataset().ids
+    manifest = json.loads((label_set / "manifest.json").read_text())
+    assert set(manifest["files"]) == set(ids)  # both ranks wrote their shards, rank 0 merged them
+    assert {p.stem for p in (label_set / "seg").glob("*.png")} == {f"{i}_0" for i in ids}
+    quality = json.loads((label_set / "quality.json").read_text())
+    train = set((demo / "VOCdevkit/VOC2012/ImageSets/Segmentation/train.txt").read_text().split())
+    assert quality["scored_images"] == len(train) and 0.0 <= quality["pseudo_mIoU"] <= 1.0
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert int(checkpoint["state_dict"]["active_network"]) == 2

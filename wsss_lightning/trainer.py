@@ -9,11 +9,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from wsss_lightning.callbacks.label_sets import pending_names
 from wsss_lightning.callbacks.prediction_writer import MaskWriter, PseudoLabelSetWriter
@@ -21,9 +22,20 @@ from wsss_lightning.data.collate import pad_collate
 
 
 class WSSSTrainer(L.Trainer):
-    """``lightning.Trainer`` plus ``pseudolabel`` and output options for ``test`` / ``predict``."""
+    """``lightning.Trainer`` plus ``pseudolabel`` and output options for ``test`` / ``predict``.
+
+    A ``ModelCheckpoint`` without ``dirpath`` saves to ``<default_root_dir>/checkpoints`` (not into the logger's
+    versioned folder), so ``fit`` and a later ``test --ckpt_path last`` with the same config meet in one place and
+    a run is moved or repeated by changing ``--trainer.default_root_dir`` alone.
+    """
 
     results_json: str | None = None
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for callback in self.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                callback.dirpath = os.path.realpath(os.path.join(self.default_root_dir, "checkpoints"))
 
     def test(self, model=None, dataloaders=None, ckpt_path=None, verbose: bool = False, datamodule=None,
              weights_only: bool | None = None, results_json: str | None = None):  # fmt: skip
@@ -54,7 +66,7 @@ class WSSSTrainer(L.Trainer):
         datamodule: L.LightningDataModule,
         ckpt_path: str | None = None,
         out_dir: str = "pseudo_labels/manual",
-        kind: Literal["initial", "refined"] = "refined",
+        kind: str = "refined",
         stage: int = 0,
         batch_size: int = 1,
         num_workers: int = 2,
@@ -66,8 +78,8 @@ class WSSSTrainer(L.Trainer):
         Args:
             ckpt_path: the checkpoint to label with (``last``/``best``/path); none = the model as configured.
             out_dir: the label set's folder (``seg/``, ``sal/``, ``manifest.json``, ``quality.json``).
-            kind: ``initial`` (multi-scale CAM + off-the-shelf saliency) or ``refined`` (affinity-propagated
-                CAM + updated saliency).
+            kind: the method's label kind: AuxSegNet ``initial`` (multi-scale CAM + off-the-shelf saliency) or
+                ``refined`` (affinity-propagated CAM + updated saliency); SSNet ``ssnet`` (augmented copies + CRF).
             stage: recorded in the manifest.
             batch_size, num_workers: the loader over full-size training images.
             crf_workers: CPU processes for CRF and PNG encoding.

@@ -147,10 +147,12 @@ class PseudoLabelRefresh(Callback):
             log.info("max_epochs set to %d by PseudoLabelRefresh (warm-up + stages)", self.total_epochs)
         trainer.fit_loop.max_epochs = self.total_epochs
         if self.initial_labels == "given" and 0 not in self.label_sets:
-            given = getattr(trainer.datamodule, "pseudo_label_dir", None)
+            datamodule = trainer.datamodule
+            given = getattr(datamodule, "pseudo_label_dir", None)
             if given is None:
                 raise ValueError("initial_labels='given' needs --data.pseudo_label_dir")
-            self.label_sets[0] = str(Path(given).parent) if Path(given).name == "seg" else given
+            given = datamodule.path(given)  # relative to the data root, as every data folder
+            self.label_sets[0] = str(given.parent if given.name == "seg" else given)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.pending is not None:  # resumed inside a refresh: finish it (only missing ids)

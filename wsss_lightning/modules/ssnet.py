@@ -13,11 +13,12 @@ One ``wsss fit`` runs the whole method with the stage callback (``PseudoLabelRef
   the copies (``L_s2`` cross-entropy + ``L_cls`` on its classifier) and from DUTS-TR (``L_s1``).
 
 Optimiser (§1.7): one Adam (betas 0.95, 0.999) over BOTH networks, one parameter group per network (base
-lr ``lr`` and ``stage2_lr``). The inactive network is never run in a training step, so its parameters get no
-gradient (``None``) and Adam leaves them and their moments untouched. Under DDP those parameters are unused:
-multi-GPU runs need ``--trainer.strategy ddp_find_unused_parameters_true``. The learning rate is a step decay
-that restarts at each stage: ``lr · 0.1^⌊t/2000⌋`` in stage 1, ``stage2_lr · 0.5^⌊t/3000⌋`` in stage 2, ``t`` =
-steps since the stage began. With ``reset_on_decay`` Adam's state of the active network is cleared at every
+lr ``lr`` and ``stage2_lr``), so one optimiser and one checkpoint layout serve the whole run. The learning rate
+is a step decay that restarts at each stage: ``lr · 0.1^⌊t/2000⌋`` in stage 1, ``stage2_lr · 0.5^⌊t/3000⌋`` in
+stage 2, ``t`` = steps since the stage began; the inactive network's group has lr 0, so it never changes (its
+Adam state is cleared when stage 2 begins). The inactive network is not run, but a zero-weighted term keeps its
+parameters in the graph, so DDP's reducer sees every parameter: plain ``ddp`` works, no
+``find_unused_parameters``. With ``reset_on_decay`` Adam's state of the active network is cleared at every
 decay, as the official code re-creates its optimiser there.
 
 Pseudo-label quality: the copies are augmented, so they cannot be scored against ``SegmentationClassAug/<id>.png``.
@@ -31,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -73,6 +75,8 @@ class SSNetModule(WSSSModule):
 
     Args:
         stage1: the stage-1 network (``SSNetStage1``) or, from configs, a factory called with ``num_classes``.
+            The factory comes first in the type on purpose: jsonargparse tries a union's members in order, and
+            as an ``nn.Module`` it would build ``SSNetStage1`` with its default ``num_classes=21``.
         stage2: the stage-2 network (``SSNetStage2``) or a factory.
         num_classes, class_names: see :class:`WSSSModule` (linked from the data by the CLI).
         saliency_loss: ``"linear"`` (what the official code optimises, default) or ``"log"`` (paper-style BCE).
@@ -98,8 +102,8 @@ class SSNetModule(WSSSModule):
 
     def __init__(
         self,
-        stage1: nn.Module | NetworkFactory,
-        stage2: nn.Module | NetworkFactory,
+        stage1: NetworkFactory | nn.Module,
+        stage2: NetworkFactory | nn.Module,
         num_classes: int = 21,
         class_names: list[str] | None = None,
         saliency_loss: SaliencyLossForm = "linear",
@@ -193,6 +197,11 @@ class SSNetModule(WSSSModule):
         total = hp.cls_loss_weight * losses["loss_cls"] + hp.sal_loss_weight * losses["loss_sal"]
         if "loss_seg" in losses:
             total = total + hp.seg_loss_weight * losses["loss_seg"]
+        # The inactive network is not run; a zero-weighted term keeps its parameters in the graph so DDP's reducer
+        # sees every parameter (its lr is 0, so the zero gradients change nothing).
+        inactive = [p.sum() for p in self._inactive_network().parameters() if p.requires_grad]
+        if inactive:
+            total = total + 0.0 * torch.stack(inactive).sum()
         batch_size = batch["seg"]["image"].shape[0]
         for name, value in losses.items():
             self.log(f"train/{name}", value.detach(), batch_size=batch_size)
@@ -224,15 +233,22 @@ class SSNetModule(WSSSModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        groups = [
-            {"params": [p for p in self.stage1.parameters() if p.requires_grad], "lr": hp.lr, "name": "stage1"},
-            {"params": [p for p in self.stage2.parameters() if p.requires_grad], "lr": hp.stage2_lr, "name": "stage2"},
-        ]
-        optimizer = torch.optim.Adam(
-            [g for g in groups if g["params"]], lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
+        groups, factors = [], []
+        for network, module, lr in ((1, self.stage1, hp.lr), (2, self.stage2, hp.stage2_lr)):
+            params = [p for p in module.parameters() if p.requires_grad]
+            if params:
+                groups.append({"params": params, "lr": lr, "name": f"stage{network}"})
+                factors.append(partial(self.group_lr_factor, network))
+        optimizer = torch.optim.Adam(groups, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _inactive_network(self) -> nn.Module:
+        return self.stage1 if int(self.active_network) == 2 else self.stage2
+
+    def group_lr_factor(self, network: int, step: int) -> float:
+        """Multiplier of network ``network``'s group lr at ``step``: :meth:`lr_factor` when active, else 0."""
+        return self.lr_factor(step) if network == int(self.active_network) else 0.0
 
     def decay_rule(self) -> tuple[int, float]:
         """``(steps, factor)`` of the active stage's step decay."""
