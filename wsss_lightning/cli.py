@@ -31,12 +31,28 @@ USAGE = """usage: wsss {fit,validate,test,predict,pseudolabel,evaluate,data} ...
 
 def _cli_class():
     """Build the LightningCLI subclass lazily (importing Lightning takes seconds; ``wsss data demo`` needs none)."""
-    from lightning.pytorch.callbacks import Callback
-    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+    from lightning.pytorch.callbacks import Callback, ProgressBar
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+    from wsss_lightning.callbacks.progress import StageProgressBar
+    from wsss_lightning.callbacks.wandb_media import wandb_loggers
     from wsss_lightning.data.datamodule import WSSSDataModule
     from wsss_lightning.modules.base import WSSSModule
     from wsss_lightning.trainer import WSSSTrainer
+
+    class ConfigToLoggers(SaveConfigCallback):
+        """Saves ``config.yaml`` in the log dir (Lightning's behaviour) and puts the resolved config into the
+        W&B run's config under ``cli`` (rank 0), so a run page shows exactly what ran."""
+
+        def save_config(self, trainer, pl_module, stage: str) -> None:
+            loggers = wandb_loggers(trainer)
+            if not loggers:
+                return
+            import yaml
+
+            resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            for logger in loggers:
+                logger.log_hyperparams({"cli": resolved})
 
     class WSSSCLI(LightningCLI):
         """LightningCLI with the data -> model class-count link and the ``pseudolabel`` subcommand."""
@@ -55,7 +71,14 @@ def _cli_class():
 
         def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
             # ``stages: null`` (no stage pipeline, e.g. the fully supervised baseline) adds no callback.
-            return super()._instantiate_trainer(config, [c for c in callbacks if c is not None])
+            callbacks = [c for c in callbacks if c is not None]
+            # The stage-aware progress bar, unless the bar is off or the config brings its own.
+            configured = config.get("callbacks") or []
+            configured = configured if isinstance(configured, list) else [configured]
+            wants_bar = config.get("enable_progress_bar") in (None, True)
+            if wants_bar and not any(isinstance(c, ProgressBar) for c in [*configured, *callbacks]):
+                callbacks.append(StageProgressBar())
+            return super()._instantiate_trainer(config, callbacks)
 
     def make(args: list[str] | None = None, run: bool = True) -> Any:
         return WSSSCLI(
@@ -65,6 +88,7 @@ def _cli_class():
             subclass_mode_model=True,
             subclass_mode_data=True,
             auto_configure_optimizers=False,
+            save_config_callback=ConfigToLoggers,
             save_config_kwargs={"overwrite": True},
             args=args,
             run=run,

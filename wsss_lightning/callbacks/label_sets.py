@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from wsss_lightning.callbacks.wandb_media import log_label_set_artifact
 from wsss_lightning.data.collate import pad_collate
 from wsss_lightning.data.io import atomic_write_text
 from wsss_lightning.metrics import PseudoLabelQuality
@@ -183,3 +184,4 @@ def log_record(trainer: L.Trainer, record: dict[str, Any], echo: Callable[[str],
     summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "pseudo/stage")
     echo(f"[pseudo-labels] stage {record['stage']} ({record['kind']}, {record['images']} images, "
          f"{record['seconds']} s): {summary or 'no ground truth to score against'}")  # fmt: skip
+    log_label_set_artifact(trainer, record)  # online W&B runs only: the set becomes a `pseudo_labels` artifact

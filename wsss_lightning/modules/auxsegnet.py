@@ -164,6 +164,26 @@ class AuxSegNetModule(WSSSModule):
     def saliency_probabilities(self, images: Tensor) -> Tensor:
         return torch.sigmoid(self.network(images).sal_refined.float())
 
+    @torch.no_grad()
+    def visualize(self, images: Tensor, cls_label: Tensor) -> dict[str, Tensor]:
+        """One forward pass, at the input resolution ``(H, W)`` (see :meth:`WSSSModule.visualize`):
+
+        * ``cam``: the single-scale CAM of the label updates (ReLU + per-class max normalisation), absent classes 0;
+        * ``refined_cam``: that CAM propagated by the learned (cross-task) pairwise affinity, clipped to [0, 1];
+        * ``saliency``: the refined saliency prediction ``sigmoid(R_sal)``.
+        """
+        out = self.network(images)
+        present = (cls_label > 0).to(out.cam.device)[:, :, None, None]
+        cam = normalize_cam(out.cam.float()) * present
+        refined = out.affinity.propagate(cam)
+        size = tuple(images.shape[-2:])
+        saliency = F.interpolate(out.sal_refined.float(), size=size, mode="bilinear", align_corners=False)
+        return {
+            "cam": upsample_cam(cam, size).clamp(0, 1),
+            "refined_cam": upsample_cam(refined, size).clamp(0, 1),
+            "saliency": torch.sigmoid(saliency)[:, 0],
+        }
+
     # ------------------------------------------------------------------------------------------ pseudo-labels
 
     def _peak(self, cams: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -89,6 +89,7 @@ class WSSSModule(L.LightningModule):
         self.eval_metrics = nn.ModuleDict()
         self._loader_names: dict[str, list[str]] = {}
         self.test_results: dict[str, Any] = {}
+        self.eval_results: dict[str, dict[str, Any]] = {}  # "val"/"test" -> the last results (media, tables)
         self.stage = 0
         self.label_request = None  # a LabelSetRun while `wsss pseudolabel` runs
         self.lr_segment_start = 0
@@ -103,6 +104,22 @@ class WSSSModule(L.LightningModule):
     def saliency_probabilities(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` -> ``(B, 1, h, w)`` saliency in [0, 1]."""
         raise NotImplementedError
+
+    @torch.no_grad()
+    def visualize(self, images: Tensor, cls_label: Tensor) -> dict[str, Tensor]:
+        """Maps to look at for a batch (W&B panels, notebooks), all at the input resolution ``(H, W)``.
+
+        Args:
+            images: ``(B, 3, H, W)`` normalised images.
+            cls_label: ``(B, C-1)`` multi-hot image labels (classes whose maps are kept).
+
+        Returns:
+            ``saliency`` ``(B, H, W)`` in [0, 1]; methods add ``cam`` ``(B, C-1, H, W)`` in [0, 1] (absent classes 0)
+            and, where they have one, ``refined_cam`` (the CAM after affinity propagation).
+        """
+        saliency = self.saliency_probabilities(images).float()
+        saliency = F.interpolate(saliency, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return {"saliency": saliency[:, 0].clamp(0, 1)}
 
     def enter_stage(self, stage: int, start_step: int, epochs: int | None, reset_optimizer: bool) -> None:
         """Called by the stage callback when a stage begins (``stage`` -1 = classification warm-up).
@@ -262,6 +279,7 @@ class WSSSModule(L.LightningModule):
                 results["saliency"][dataset] = {"protocol": self.saliency_protocol, **values}
                 for key, value in values.items():
                     self.log(f"{prefix}/{dataset}/{key}", value, sync_dist=False)
+        self.eval_results[prefix] = results
         return results
 
     def on_validation_epoch_end(self) -> None:

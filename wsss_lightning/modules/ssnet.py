@@ -294,6 +294,21 @@ class SSNetModule(WSSSModule):
         saliency = self._forward_eval_size(images).saliency[:, None].float()
         return F.interpolate(saliency, size=images.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
 
+    @torch.no_grad()
+    def visualize(self, images: Tensor, cls_label: Tensor) -> dict[str, Tensor]:
+        """The active network at the input resolution ``(H, W)`` (see :meth:`WSSSModule.visualize`):
+
+        * ``cam``: SSNet's class maps, the softmax probabilities ``P_c`` of the foreground classes (its
+          segmentation head is trained from image labels through them), absent classes 0;
+        * ``saliency``: the SAM saliency ``S = Σ_c v_c P_c``.
+        """
+        out = self._forward_eval_size(images)
+        size = tuple(images.shape[-2:])
+        probs = F.interpolate(out.seg_logits.float(), size=size, mode="bilinear", align_corners=False).softmax(1)
+        present = (cls_label > 0).to(probs.device)[:, :, None, None]
+        saliency = F.interpolate(out.saliency[:, None].float(), size=size, mode="bilinear", align_corners=False)
+        return {"cam": probs[:, 1:] * present, "saliency": saliency[:, 0].clamp(0, 1)}
+
     def on_validation_epoch_end(self) -> None:
         results = self._compute_and_log("validate")
         # Also under the network's name, so SSNet-1 and SSNet-2 curves stay apart in the logs.

@@ -1,0 +1,112 @@
+"""A progress bar that says where a WSSS run is: warm-up or stage, epoch within it, which loader is scored.
+
+``wsss`` adds it by default (unless ``--trainer.enable_progress_bar false`` or another progress bar is configured):
+
+* training: ``stage 2/3 · epoch 4/6 (13/24)`` or ``warm-up · epoch 1/6 (1/24)`` (1-based, with the global epoch);
+* validation / test: the loader's name, e.g. ``Validation seg/val`` or ``Testing sal/ECSSD``;
+* predict: ``Predicting`` for ``wsss predict`` and ``Pseudo-labels (refined, stage 1)`` for ``wsss pseudolabel``,
+  counted in images when the loader's batch size is 1.
+
+Counts and rates come from tqdm (``12/30 [00:05<00:07, 2.4it/s]``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+__all__ = ["StageProgressBar", "stage_description"]
+
+
+def _stage_callback(trainer: L.Trainer) -> Any | None:
+    """The stage pipeline callback of the run (anything with ``stage_of_epoch`` and ``epochs_per_stage``)."""
+    for callback in trainer.callbacks:
+        if hasattr(callback, "stage_of_epoch") and hasattr(callback, "epochs_per_stage"):
+            return callback
+    return None
+
+
+def stage_description(stages: Any | None, epoch: int, max_epochs: int | None) -> str:
+    """Human-readable position of 0-based ``epoch`` in the schedule of a ``PseudoLabelRefresh``-like ``stages``.
+
+    Args:
+        stages: has ``warmup_epochs``, ``num_stages``, ``epochs_per_stage`` (list) and ``stage_of_epoch(epoch)``;
+            None for a run without stages.
+        epoch: the trainer's 0-based epoch.
+        max_epochs: total epochs (None or -1 if unbounded).
+
+    Returns:
+        e.g. ``"warm-up · epoch 2/6 (2/24)"``, ``"stage 1/3 · epoch 3/6 (9/24)"`` or ``"epoch 3/10"``.
+    """
+    total = f"/{max_epochs}" if max_epochs not in (None, -1) else ""
+    if stages is None:
+        return f"epoch {epoch + 1}{total}"
+    stage = stages.stage_of_epoch(epoch)
+    overall = f"({epoch + 1}{total})"
+    if stage < 0:
+        return f"warm-up · epoch {epoch + 1}/{stages.warmup_epochs} {overall}"
+    start = stages.warmup_epochs + sum(stages.epochs_per_stage[:stage])
+    within = f"epoch {epoch - start + 1}/{stages.epochs_per_stage[stage]}"
+    return f"stage {stage + 1}/{stages.num_stages} · {within} {overall}"
+
+
+class StageProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar with stage-aware training descriptions and named evaluation loaders."""
+
+    def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False) -> None:
+        super().__init__(refresh_rate, process_position, leave)
+        self._predict_description = "Predicting"
+
+    @property
+    def predict_description(self) -> str:
+        return self._predict_description
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(
+            stage_description(_stage_callback(trainer), trainer.current_epoch, trainer.max_epochs)
+        )
+
+    @staticmethod
+    def _loader_name(pl_module: L.LightningModule, stage: str, dataloader_idx: int) -> str:
+        names = pl_module.loader_names(stage) if hasattr(pl_module, "loader_names") else []
+        return names[dataloader_idx] if dataloader_idx < len(names) else f"DataLoader {dataloader_idx}"
+
+    def on_validation_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        changed = self._current_eval_dataloader_idx != dataloader_idx  # the parent records the change itself
+        super().on_validation_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
+        if changed and not trainer.sanity_checking:
+            name = self._loader_name(pl_module, "validate", dataloader_idx)
+            self.val_progress_bar.set_description(f"{self.validation_description} {name}")
+
+    def on_test_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        changed = self._current_eval_dataloader_idx != dataloader_idx
+        super().on_test_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
+        if changed:
+            name = self._loader_name(pl_module, "test", dataloader_idx)
+            self.test_progress_bar.set_description(f"{self.test_description} {name}")
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        request = getattr(pl_module, "label_request", None)
+        if request is not None:  # `wsss pseudolabel`: the predict loop feeds a label-set run
+            self._predict_description = f"Pseudo-labels ({request.kind}, stage {request.stage})"
+        else:
+            self._predict_description = "Predicting"
+        super().on_predict_start(trainer, pl_module)
+
+    def on_predict_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        changed = self._current_eval_dataloader_idx != dataloader_idx
+        super().on_predict_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
+        if changed:
+            loaders = trainer.predict_dataloaders
+            loader = loaders[dataloader_idx] if isinstance(loaders, list | tuple) else loaders
+            self.predict_progress_bar.unit = "img" if getattr(loader, "batch_size", None) == 1 else "batch"
+            self.predict_progress_bar.set_description(self.predict_description)
