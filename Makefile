@@ -11,7 +11,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_SILENT := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test test-fast demo lint format bench clean
+.PHONY: install test test-fast demo figures lint format bench clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,13 @@ demo: install
 	$(WSSS) fit --config configs/demo_$(METHOD).yaml --data.root $(DEMO_DIR)/VOCdevkit/VOC2012
 	$(WSSS) test --config configs/demo_$(METHOD).yaml --data.root $(DEMO_DIR)/VOCdevkit/VOC2012 --ckpt_path last
 
+# Regenerate docs/figures from the `make demo` run (the notebooks, executed in place of a reader).
+figures: install
+	WSSS_NB_CONFIG=configs/demo_auxseg.yaml WSSS_NB_DATA_ROOT=$(DEMO_DIR)/VOCdevkit/VOC2012 \
+	WSSS_NB_CHECKPOINT=runs/demo_auxseg/checkpoints/last.ckpt WSSS_NB_RUN_DIR=runs/demo_auxseg \
+	WSSS_NB_FIGURES=docs/figures $(VENV)/bin/jupyter execute notebooks/01_pipeline_walkthrough.ipynb
+	WSSS_NB_FIGURES=docs/figures $(VENV)/bin/jupyter execute notebooks/02_results_report.ipynb
+
 lint: install
 	$(VENV)/bin/ruff check wsss_lightning tests benchmarks
 	$(VENV)/bin/ruff format --check wsss_lightning tests benchmarks
@@ -43,8 +50,19 @@ format: install
 	$(VENV)/bin/ruff check --fix wsss_lightning tests benchmarks
 	$(VENV)/bin/ruff format wsss_lightning tests benchmarks
 
+# Benchmarks (docs/benchmarks.md). Default: quick mode (tiny backbone, small images; a few minutes). The papers'
+# setting (ResNet-38, 321x321 / 500x375 images; about 20 minutes on 2 cores): `make bench BENCH_ARGS= METRICS_ARGS=`.
+# Take timings on an otherwise idle machine. GPU: `$(PY) benchmarks/gpu_train.py` (needs CUDA).
+BENCH_ARGS ?= --quick
+METRICS_ARGS ?= --num 100 --loading_images 50
+BENCH_OUT ?= benchmarks/results
 bench: install
-	$(PY) benchmarks/metrics.py
+	$(PY) benchmarks/metrics.py $(METRICS_ARGS)
+	$(PY) benchmarks/train_step.py $(BENCH_ARGS) --json $(BENCH_OUT)/train_step.json
+	$(PY) benchmarks/pseudo_refresh.py $(BENCH_ARGS) --json $(BENCH_OUT)/pseudo_refresh.json
+	$(PY) benchmarks/crf_pool.py $(BENCH_ARGS) --json $(BENCH_OUT)/crf_pool.json
+	$(PY) benchmarks/affinity_memory.py $(BENCH_ARGS) --json $(BENCH_OUT)/affinity_memory.json
+	$(PY) benchmarks/inference_modes.py $(BENCH_ARGS) --json $(BENCH_OUT)/inference_modes.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -230,3 +230,16 @@ def test_list_images_maps_stems_to_files(tmp_path: Path) -> None:
     (tmp_path / "e.png").mkdir()
     assert list(list_images(tmp_path)) == ["a", "b", "d"]
     assert list_images(tmp_path)["a"] == tmp_path / "a.PNG"
+
+
+def test_atomic_write_gives_the_permissions_of_a_plain_write(tmp_path: Path) -> None:
+    """mkstemp's 0600 must not leak: the file gets 0666 minus the umask, like ``open(path, "wb")``."""
+    import stat
+
+    from wsss_lightning.data import io as wio
+
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"x")
+    atomic = tmp_path / "atomic.bin"
+    wio.atomic_write_bytes(atomic, b"x")
+    assert stat.S_IMODE(atomic.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~wio._UMASK

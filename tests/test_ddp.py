@@ -1,27 +1,74 @@
 """Two real processes (CPU, gloo): the stage pipeline writes each label once and metrics equal one process's.
 
-Runs the ``wsss`` command in a subprocess so Lightning's DDP launcher can start the second process.
+Runs the ``wsss`` command in a subprocess so Lightning's DDP launcher can start the second process. A probe
+callback (:class:`RankProbe`, imported by the subprocesses from this file) records what every rank trained on:
+the ids of each epoch (checked against the seeded ``DistributedSampler``: reproducible, disjoint shards) and a
+digest of the pseudo-label folder it read (every rank reads the same, complete, new labels after a refresh).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import yaml
+from torch.utils.data import DistributedSampler
 
 from wsss_lightning.data.demo import DEMO_CLASSES, TINY_SETTINGS, generate_demo
 from wsss_lightning.data.splits import read_id_list
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 
+BATCH_SIZE = 4
+
+
+def folder_digest(folder: str | Path) -> str:
+    """sha256 over the names and bytes of every PNG in ``folder`` (sorted)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*.png")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+class RankProbe(L.Callback):
+    """Runs inside the ``wsss fit`` processes: per epoch, the training ids this rank got and a digest of the
+    pseudo-label folder its DataModule reads; written to ``<out_dir>/rank<r>.json`` at the end of the fit."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+        self.records: list[dict] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        folder = getattr(trainer.datamodule, "pseudo_label_dir", None)
+        dataset = trainer.train_dataloader.dataset
+        self.records.append({
+            "epoch": trainer.current_epoch,
+            "labels": folder,
+            "digest": folder_digest(folder) if folder else None,
+            "dataset_ids": list(dataset.ids),
+            "names": [],
+        })  # fmt: skip
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self.records[-1]["names"] += list(batch["name"])
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        out = Path(self.out_dir) / f"rank{trainer.global_rank}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"world_size": trainer.world_size, "records": self.records}))
+
 
 def _wsss(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    # The subprocesses import RankProbe from this file.
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
     command = [sys.executable, "-m", "wsss_lightning.cli", *args]
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -44,7 +91,8 @@ def _config(demo: Path, run: Path) -> Path:
                 {
                     "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                     "init_args": {"dirpath": str(run / "checkpoints"), "save_last": True, "save_top_k": 0},
-                }
+                },
+                {"class_path": "test_ddp.RankProbe", "init_args": {"out_dir": str(run / "probe")}},
             ],
         },
         "stages": {
@@ -84,7 +132,7 @@ def _config(demo: Path, run: Path) -> Path:
                 "saliency_dir": "../../saliency_maps",
                 "saliency_test_sets": {"ECSSD": "../../ECSSD"},
                 "crop_size": 64,
-                "batch_size": 4,
+                "batch_size": BATCH_SIZE,
                 "num_workers": 0,
             },
         },
@@ -112,6 +160,7 @@ def test_ddp_pipeline_writes_each_label_once_and_metrics_match_one_process(tmp_p
         manifest = json.loads((folder / "manifest.json").read_text())
         assert sorted(manifest["files"]) == ids
         assert not list(folder.glob("manifest.rank*.jsonl"))
+    _check_probe(run / "probe", run / "labels")
     checkpoint = str(run / "checkpoints" / "last.ckpt")
     scores = {}
     for devices in ("2", "1"):
@@ -124,3 +173,66 @@ def test_ddp_pipeline_writes_each_label_once_and_metrics_match_one_process(tmp_p
     for key, value in one["saliency"]["ECSSD"].items():
         if key != "protocol":
             assert two["saliency"]["ECSSD"][key] == pytest.approx(value, abs=1e-6)
+
+
+def _check_probe(probe: Path, labels: Path) -> None:
+    """What each rank trained on, from :class:`RankProbe`."""
+    ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    epochs = [rec["epoch"] for rec in ranks[0]["records"]]
+    assert epochs == [0, 1, 2] == [rec["epoch"] for rec in ranks[1]["records"]]  # warm-up, stage 0, stage 1
+    for epoch, (a, b) in enumerate(zip(ranks[0]["records"], ranks[1]["records"])):
+        # Same new labels on every rank: the folder of this epoch's stage, complete (its final bytes) when read.
+        expected_folder = None if epoch == 0 else labels / f"stage{epoch - 1}" / "seg"
+        for record in (a, b):
+            if expected_folder is None:
+                assert record["labels"] is None
+            else:
+                assert Path(record["labels"]) == expected_folder.resolve()
+                assert record["digest"] == folder_digest(expected_folder)
+        # Reproducible sharding: each rank's ids are exactly the seeded DistributedSampler's for (seed 0, epoch),
+        # full batches only (drop_last), and the two shards are disjoint.
+        ids = a["dataset_ids"]
+        assert ids == b["dataset_ids"]
+        for rank, record in enumerate((a, b)):
+            sampler = DistributedSampler(range(len(ids)), num_replicas=2, rank=rank, shuffle=True, seed=0)
+            sampler.set_epoch(epoch)
+            order = [ids[i] for i in sampler]
+            assert record["names"] == order[: len(order) // BATCH_SIZE * BATCH_SIZE]
+        assert not set(a["names"]) & set(b["names"]) or len(ids) % 2  # padding may repeat one id when odd
+    assert ranks[0]["records"][1]["digest"] != ranks[0]["records"][2]["digest"]  # the refresh changed the labels
+
+
+def test_ddp_probe_rejects_a_wrong_shard(tmp_path: Path) -> None:
+    """The probe check fails when a rank's ids are not the sampler's (so the DDP test can fail for that reason)."""
+    labels = tmp_path / "labels"
+    ids = [f"id{i}" for i in range(8)]
+    records = []
+    for rank in (0, 1):
+        per_epoch = []
+        for epoch in range(3):
+            folder = None if epoch == 0 else labels / f"stage{epoch - 1}" / "seg"
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "a.png").write_bytes(bytes([epoch]))
+            sampler = DistributedSampler(range(8), num_replicas=2, rank=rank, shuffle=True, seed=0)
+            sampler.set_epoch(epoch)
+            names = [ids[i] for i in sampler]
+            per_epoch.append({
+                "epoch": epoch,
+                "labels": str(folder.resolve()) if folder else None,
+                "digest": folder_digest(folder) if folder else None,
+                "dataset_ids": ids,
+                "names": names,
+            })  # fmt: skip
+        records.append(per_epoch)
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    for rank, per_epoch in enumerate(records):
+        (probe / f"rank{rank}.json").write_text(json.dumps({"world_size": 2, "records": per_epoch}))
+    _check_probe(probe, labels)  # the consistent records pass
+    swapped = records[1][2]["names"][::-1]  # a rank that shuffled with another seed
+    records[1][2]["names"] = swapped
+    (probe / "rank1.json").write_text(json.dumps({"world_size": 2, "records": records[1]}))
+    with pytest.raises(AssertionError):
+        _check_probe(probe, labels)

@@ -50,7 +50,7 @@ def _cli_class():
                 return
             import yaml
 
-            resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            resolved = yaml.safe_load(self.parser.dump(self.config, skip_unset=False))
             for logger in loggers:
                 logger.log_hyperparams({"cli": resolved})
 
@@ -95,6 +95,15 @@ def _cli_class():
         )
 
     return make
+
+
+def build(args: list[str]) -> tuple[Any, Any]:
+    """The model and DataModule that ``wsss fit <args>`` would train, built by the same parser (configs compose,
+    overrides apply), without running anything: for notebooks and scripts, e.g.
+    ``model, data = build(["--config", "configs/demo_auxseg.yaml", "--data.root", "demo_data/VOCdevkit/VOC2012"])``.
+    Load trained weights with ``model.load_state_dict(torch.load(ckpt, weights_only=True)["state_dict"])``."""
+    cli = _cli_class()(list(args), run=False)
+    return cli.model, cli.datamodule
 
 
 def data_parser(argv: list[str]):
@@ -164,7 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] == "data":
         return data_main(argv[1:])
     _cli_class()(argv)
+    _finish_wandb()
     return 0
+
+
+def _finish_wandb() -> None:
+    """End the W&B run a subcommand started (rank 0 only has one): the offline run is complete on disk when
+    ``main`` returns, and the next in-process command (tests, notebooks) starts its own run instead of appending."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 if __name__ == "__main__":

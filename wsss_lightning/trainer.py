@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -19,6 +20,31 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from wsss_lightning.callbacks.label_sets import pending_names
 from wsss_lightning.callbacks.prediction_writer import MaskWriter, PseudoLabelSetWriter
 from wsss_lightning.data.collate import pad_collate
+from wsss_lightning.data.io import atomic_write_text
+
+OUTPUT_MARKER = ".wsss_output.json"
+
+
+def claim_output_dir(path: str | Path, command: str, ours: tuple[str, ...] = ()) -> Path:
+    """Make ``path`` an output folder of ``command``; refuse a non-empty folder we did not create.
+
+    Ours = it holds our marker file (written here) or one of the ``ours`` glob patterns (e.g. a label set's
+    manifest). Nothing is ever deleted: files we write replace only files of the same name.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a directory; pass another --out_dir")
+    if path.is_dir() and any(path.iterdir()):
+        marked = (path / OUTPUT_MARKER).is_file() or any(any(path.glob(pattern)) for pattern in ours)
+        if not marked:
+            raise FileExistsError(
+                f"{path} is not empty and was not written by `wsss {command}` (no {OUTPUT_MARKER}); pass a new or "
+                "empty --out_dir (nothing is overwritten or deleted in a folder we did not create)"
+            )
+    path.mkdir(parents=True, exist_ok=True)
+    if not (path / OUTPUT_MARKER).is_file():
+        atomic_write_text(path / OUTPUT_MARKER, json.dumps({"written_by": f"wsss {command}"}))
+    return path
 
 
 class WSSSTrainer(L.Trainer):
@@ -56,6 +82,8 @@ class WSSSTrainer(L.Trainer):
             out_dir: write ``masks/<name>.png`` (palette) and ``saliency/<name>.png`` (grey) there.
         """
         if out_dir is not None:
+            if self.is_global_zero:
+                claim_output_dir(out_dir, "predict")
             self.callbacks.append(MaskWriter(out_dir))
             return_predictions = False if return_predictions is None else return_predictions
         return super().predict(model, dataloaders, datamodule, return_predictions, ckpt_path, weights_only)
@@ -86,6 +114,8 @@ class WSSSTrainer(L.Trainer):
             verify_checksums: re-hash reused files before trusting them.
         """
         out = Path(out_dir)
+        if self.is_global_zero:  # a label set of ours shows by its manifest (sets written by `wsss fit` too)
+            claim_output_dir(out, "pseudolabel", ours=("manifest.json", "manifest.rank*.jsonl"))
         if ckpt_path not in (None, "last", "best", "hpc"):
             state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
             step = int(state.get("global_step", 0))

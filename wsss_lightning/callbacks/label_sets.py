@@ -174,7 +174,7 @@ class LabelSetRun:
 
 
 def log_record(trainer: L.Trainer, record: dict[str, Any], echo: Callable[[str], None] = print) -> None:
-    """Send a set's quality to the loggers (rank 0) and print one line."""
+    """Send a set's quality to the loggers (rank 0), print one line, call ``on_label_set_end`` of the callbacks."""
     if not trainer.is_global_zero:
         return
     metrics = {name: record[key] for key, name in QUALITY_LOG_KEYS.items() if key in record}
@@ -185,3 +185,9 @@ def log_record(trainer: L.Trainer, record: dict[str, Any], echo: Callable[[str],
     echo(f"[pseudo-labels] stage {record['stage']} ({record['kind']}, {record['images']} images, "
          f"{record['seconds']} s): {summary or 'no ground truth to score against'}")  # fmt: skip
     log_label_set_artifact(trainer, record)  # online W&B runs only: the set becomes a `pseudo_labels` artifact
+    # Callbacks that show a finished set (W&B panels) see it now, with the model that generated it (SSNet switches
+    # to a fresh network right after its refresh).
+    for callback in getattr(trainer, "callbacks", []):
+        hook = getattr(callback, "on_label_set_end", None)
+        if callable(hook):
+            hook(trainer, trainer.lightning_module, record)

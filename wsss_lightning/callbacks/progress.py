@@ -28,6 +28,12 @@ def _stage_callback(trainer: L.Trainer) -> Any | None:
     return None
 
 
+def _batch_size(loader: Any) -> int | None:
+    """A loader's batch size; Lightning re-creates predict loaders with a batch sampler (``batch_size`` None)."""
+    size = getattr(loader, "batch_size", None)
+    return size if size is not None else getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+
+
 def stage_description(stages: Any | None, epoch: int, max_epochs: int | None) -> str:
     """Human-readable position of 0-based ``epoch`` in the schedule of a ``PseudoLabelRefresh``-like ``stages``.
 
@@ -92,21 +98,20 @@ class StageProgressBar(TQDMProgressBar):
             name = self._loader_name(pl_module, "test", dataloader_idx)
             self.test_progress_bar.set_description(f"{self.test_description} {name}")
 
-    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        request = getattr(pl_module, "label_request", None)
-        if request is not None:  # `wsss pseudolabel`: the predict loop feeds a label-set run
-            self._predict_description = f"Pseudo-labels ({request.kind}, stage {request.stage})"
-        else:
-            self._predict_description = "Predicting"
-        super().on_predict_start(trainer, pl_module)
-
     def on_predict_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         changed = self._current_eval_dataloader_idx != dataloader_idx
         super().on_predict_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
         if changed:
+            # Decided here, not in on_predict_start: the label-set writer of `wsss pseudolabel` is a callback added
+            # after this bar, so its request exists only once every on_predict_start hook has run.
+            request = getattr(pl_module, "label_request", None)
+            if request is not None:
+                self._predict_description = f"Pseudo-labels ({request.kind}, stage {request.stage})"
+            else:
+                self._predict_description = "Predicting"
             loaders = trainer.predict_dataloaders
             loader = loaders[dataloader_idx] if isinstance(loaders, list | tuple) else loaders
-            self.predict_progress_bar.unit = "img" if getattr(loader, "batch_size", None) == 1 else "batch"
+            self.predict_progress_bar.unit = "img" if _batch_size(loader) == 1 else "batch"
             self.predict_progress_bar.set_description(self.predict_description)

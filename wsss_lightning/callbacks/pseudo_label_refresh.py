@@ -16,6 +16,10 @@ The module's poly learning-rate schedule restarts at every stage.
 
 Crash safety: before a refresh the callback saves ``last-refresh.ckpt`` next to the other checkpoints with the
 refresh marked pending; ``--ckpt_path last`` then resumes inside the refresh and writes only the missing ids.
+Lightning restores the loops *after* ``on_fit_start`` and, when a checkpoint was saved on the last batch of an
+epoch or inside ``on_train_epoch_end``, starts the next epoch without calling ``on_train_epoch_end`` again; so a
+resumed run finishes a pending refresh, or a stage switch that was cut off, in ``on_train_start`` (global step,
+optimiser and scheduler restored by then) and rebuilds the training loader on the new labels.
 """
 
 from __future__ import annotations
@@ -155,11 +159,30 @@ class PseudoLabelRefresh(Callback):
             self.label_sets[0] = str(given.parent if given.name == "seg" else given)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.pending is not None:  # resumed inside a refresh: finish it (only missing ids)
-            self._refresh(trainer, pl_module, self.pending["kind"], int(self.pending["stage"]))
-        elif self.stage == 0 and 0 not in self.label_sets and self.initial_labels == "cam":
+        # A pending refresh (resumed inside one) waits for on_train_start: the global step (part of the labels'
+        # config hash) and the optimiser are restored only after this hook.
+        if self.pending is None and self.stage == 0 and 0 not in self.label_sets and self.initial_labels == "cam":
             self._refresh(trainer, pl_module, "initial", 0)
         self._apply_stage(trainer, pl_module, fresh=False)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Resume: finish a refresh that was cut off, or a stage switch Lightning skipped (see module docstring)."""
+        switched = False
+        if self.pending is not None:  # resumed inside a refresh: finish it (only missing ids), then switch
+            pending, stage = self.pending, int(self.pending["stage"])
+            self._refresh(trainer, pl_module, pending["kind"], stage, save_checkpoint=False)
+            if pending.get("advance", self.stage < stage < self.num_stages):
+                self._advance(trainer, pl_module, stage, int(pending.get("start_step", trainer.global_step)))
+            else:
+                self._apply_stage(trainer, pl_module, fresh=False)
+            switched = True
+        # Resumed from a checkpoint saved after the last batch of a stage but before its end-of-epoch switch.
+        while self.stage < min(self.stage_of_epoch(trainer.current_epoch), self.num_stages - 1):
+            self._end_stage(trainer, pl_module)
+            switched = True
+        if switched:  # the loader was built before this hook, on the previous stage's labels: rebuild it
+            trainer.reload_dataloaders_every_n_epochs = 1
+            trainer.fit_loop._last_train_dl_reload_epoch = trainer.current_epoch - 1
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A reload requested at a stage boundary has happened by now (setup_data runs before this hook).
@@ -169,16 +192,25 @@ class PseudoLabelRefresh(Callback):
         epoch = trainer.current_epoch
         if self.stage_of_epoch(epoch + 1) == self.stage_of_epoch(epoch) and epoch + 1 < self.total_epochs:
             return  # not the last epoch of the warm-up or of a stage
+        if self.stage > self.stage_of_epoch(epoch):
+            return  # this epoch's switch already happened (finished on resume)
+        self._end_stage(trainer, pl_module)
+        trainer.reload_dataloaders_every_n_epochs = 1  # the next epoch rebuilds the loader with new labels
+
+    def _end_stage(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The end of the warm-up or of a stage: refresh the labels the next stage trains on, then switch."""
         next_stage = self.stage + 1
         if self.stage == -1:
             self._refresh(trainer, pl_module, "initial", 0)
         elif next_stage < self.num_stages or self.refresh_after_last_stage:
             self._refresh(trainer, pl_module, pl_module.refresh_kind(next_stage), next_stage)
         if next_stage < self.num_stages:
-            self.stage = next_stage
-            self.stage_start_step = trainer.global_step
-            self._apply_stage(trainer, pl_module, fresh=True)
-            trainer.reload_dataloaders_every_n_epochs = 1  # the next epoch rebuilds the loader with new labels
+            self._advance(trainer, pl_module, next_stage, trainer.global_step)
+
+    def _advance(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: int, start_step: int) -> None:
+        self.stage = stage
+        self.stage_start_step = start_step
+        self._apply_stage(trainer, pl_module, fresh=True)
 
     # ------------------------------------------------------------------------------------------ stage switching
 
@@ -195,10 +227,17 @@ class PseudoLabelRefresh(Callback):
 
     # ------------------------------------------------------------------------------------------ refresh
 
-    def _refresh(self, trainer: L.Trainer, pl_module: L.LightningModule, kind: str, stage: int) -> None:
+    def _refresh(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, kind: str, stage: int, save_checkpoint: bool = True
+    ) -> None:
         out_dir = self._root(trainer) / f"stage{stage}"
-        self.pending = {"kind": kind, "stage": stage, "dir": str(out_dir)}
-        self._save_refresh_checkpoint(trainer)
+        # `advance` / `start_step`: the stage switch that follows, redone on resume if the run dies before it.
+        advance = stage < self.num_stages and stage > self.stage
+        self.pending = {
+            "kind": kind, "stage": stage, "dir": str(out_dir), "advance": advance, "start_step": trainer.global_step,
+        }  # fmt: skip
+        if save_checkpoint:  # not when resuming: the checkpoint we resumed from already holds this state
+            self._save_refresh_checkpoint(trainer)
         was_training = pl_module.training
         pl_module.eval()
         try:
@@ -229,4 +268,4 @@ class PseudoLabelRefresh(Callback):
             return
         if trainer.state.fn != "fit":
             return
-        trainer.save_checkpoint(str(Path(callback.dirpath) / REFRESH_CHECKPOINT))
+        trainer.save_checkpoint(str(Path(callback.dirpath) / REFRESH_CHECKPOINT), weights_only=False)

@@ -2,8 +2,9 @@
 
 :class:`WandbMedia` (a callback; everything on rank 0, nothing inside training steps):
 
-* after every validation (not the sanity check): ``val/IoU_table`` (per-class IoU per inference mode),
-  ``val/saliency_table`` (if saliency sets are validated) and one image panel per fixed id, ``val_media/<id>``;
+* after every validation (``fit`` and ``wsss validate``, not the sanity check): ``val/IoU_table`` (per-class IoU
+  per inference mode), ``val/saliency_table`` (if saliency sets are validated) and one image panel per fixed id,
+  ``val_media/<id>``;
 * after ``wsss test``: ``test/IoU_table``, ``test/saliency_table`` (every metric per saliency test set) and panels
   ``test_media/<id>``;
 * after every pseudo-label set of the stage pipeline: ``pseudo_quality/table`` (one row per set so far),
@@ -310,7 +311,7 @@ class WandbMedia(Callback):
                 run.define_metric("pseudo/*", step_metric="pseudo/stage")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit":
+        if trainer.sanity_checking:  # fit's validations and `wsss validate`; never the sanity check
             return
         self.validations += 1
         panels = (self.validations - 1) % self.val_every_n_epochs == 0
@@ -319,11 +320,16 @@ class WandbMedia(Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._log_results(trainer, pl_module, "test", True)
 
+    def on_label_set_end(self, trainer: L.Trainer, pl_module: L.LightningModule, record: dict[str, Any]) -> None:
+        """Called by ``label_sets.log_record`` (rank 0) when a set is finished, before the next stage begins."""
+        if trainer.state.fn == "fit":  # the stage pipeline (``wsss pseudolabel`` has no stages to compare)
+            self._log_new_label_sets(trainer, pl_module)
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._log_new_label_sets(trainer, pl_module)  # the initial set, or the one after the previous stage
+        self._log_new_label_sets(trainer, pl_module)  # a set not shown yet (e.g. finished before a resume)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._log_new_label_sets(trainer, pl_module)  # the set after the last stage
+        self._log_new_label_sets(trainer, pl_module)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not (self.log_checkpoint and trainer.is_global_zero):
@@ -436,7 +442,8 @@ class WandbMedia(Callback):
                 name, image, class_names, present, gt, prediction, pseudo, maps, offshelf, updated,
                 self.max_classes, self.max_side,
             )  # fmt: skip
-            captions = [f"{text} {caption}".strip() for text in panel.captions]
+            # The set is named once, under the image: the other captions stay short enough to read.
+            captions = [f"{panel.captions[0]} {caption}".strip(), *panel.captions[1:]]
             for logger in loggers:
                 logger.log_image(
                     f"{prefix}/{name}", panel.images, step=trainer.global_step, caption=captions,

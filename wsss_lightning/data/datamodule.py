@@ -83,6 +83,7 @@ class WSSSDataModule(L.LightningDataModule):
         saliency_val_sets / saliency_test_sets: ``{name: root}`` of saliency sets scored at val / test.
         predict_dir: folder of images for ``wsss predict``.
         batch_size, saliency_batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers: loaders.
+        prefetch_factor: batches each worker loads ahead (PyTorch's default 2 when None; only with workers).
         check: dataset validation in ``setup``: ``quick`` (existence and sizes from headers), ``full``
             (decode everything) or ``off``.
     """
@@ -128,6 +129,7 @@ class WSSSDataModule(L.LightningDataModule):
         num_workers: int = 4,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        prefetch_factor: int | None = None,
         check: Literal["quick", "full", "off"] = "quick",
     ) -> None:
         super().__init__()
@@ -403,6 +405,7 @@ class WSSSDataModule(L.LightningDataModule):
             num_workers=hp.num_workers,
             pin_memory=pin,
             persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            prefetch_factor=hp.get("prefetch_factor") if hp.num_workers > 0 else None,
             collate_fn=collate_fn,
             drop_last=drop_last,
         )

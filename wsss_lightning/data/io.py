@@ -37,6 +37,11 @@ def _open(path: Path) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()  # decode now: truncated files fail here, not deep inside a transform
+    except Image.DecompressionBombError as error:  # a header claiming billions of pixels: refuse, do not allocate
+        raise DatasetError(
+            f"{path} claims {error}; it is damaged or not a photograph: replace it (or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS if the huge image is intended)"
+        ) from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DatasetError(
             f"{path} cannot be read as an image ({error}); the file is truncated or not an image: "
@@ -143,7 +148,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
         with Image.open(path) as image:
             width, height = image.size
             orientation = image.getexif().get(0x0112, 1)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise DatasetError(f"{path} cannot be read as an image ({error})") from error
     if orientation in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
         width, height = height, width
@@ -151,6 +156,17 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------------------------ writes
+
+
+def _read_umask() -> int:
+    """The process umask (reading it means setting it; restored at once). Read once at import: ``os.umask`` is
+    process-wide, and flipping it while writer threads create files would race."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -163,6 +179,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
+            # mkstemp creates 0600; give the file the mode a plain open() would (0666 minus the umask), so
+            # labels and predictions on a shared cluster stay readable by the group as usual.
+            os.fchmod(stream.fileno(), 0o666 & ~_UMASK)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

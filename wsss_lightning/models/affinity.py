@@ -26,8 +26,9 @@ DNL/GCNet; only "pairwise + unary affinities" and "pairwise-only CAM propagation
 Numerics: θ, φ, the ``θᵀφ`` logits, both softmaxes, the SA fusion and every product with an affinity run in
 float32 with autocast disabled (bf16 logits over N positions are too coarse). Memory: with gradients enabled,
 or ``N ≤ chunk_size``, the N×N matrices are built in full (as the official code). With gradients disabled and
-``N > chunk_size`` nothing N×N is ever materialised: rows are produced ``chunk_size`` at a time, peak memory
-``O(B·chunk_size·N)``; the 3×3 SA conv reads one halo row of ``A_seg``/``A_sal`` on each side of a chunk.
+``N > chunk_size`` nothing N×N is ever materialised: rows are produced ``min(chunk_size, 2**24 / N)`` at a time,
+peak memory ``O(B·min(chunk_size·N, 2**24))``; the 3×3 SA conv reads one halo row of ``A_seg``/``A_sal`` on each
+side of a chunk.
 In that mode ``θᵀφ`` is recomputed for the refinement pass (compute traded for memory).
 """
 
@@ -57,6 +58,9 @@ UnaryFusionMode = Literal["conv", "mean"]
 _MODES: tuple[str, ...] = ("none", "pairwise", "unary", "dual")
 _UNARY_FUSIONS: tuple[str, ...] = ("conv", "mean")
 _EPS = 1e-12
+#: Largest block of affinity rows (rows × N entries, float32: 64 MiB) the chunked path builds at once: for large
+#: N (multi-scale inference of big images) a block holds fewer than ``chunk_size`` rows, so memory stays bounded.
+MAX_BLOCK_ELEMENTS = 1 << 24
 
 
 def _no_autocast(device: torch.device) -> torch.autocast:
@@ -129,16 +133,16 @@ class _CrossTaskRows:
 def _apply_rows(source: _RowSource, values: Tensor, chunk_size: int) -> Tensor:
     """``out(:, i) = Σ_j A(i, j) · values(:, j)``: values ``(B, K, N)`` → ``(B, K, N)``, float32.
 
-    A dense source is one batched product; a lazy source is consumed ``chunk_size`` query rows at a time.
+    A dense source is one batched product; a lazy source is consumed ``chunk_size`` query rows at a time (fewer
+    when ``chunk_size × N`` exceeds :data:`MAX_BLOCK_ELEMENTS`).
     """
     with _no_autocast(values.device):
         values = values.float()
         if isinstance(source, _DenseRows):
             return torch.bmm(values, source.matrix.transpose(1, 2))
         n = source.num_positions
-        blocks = [
-            torch.bmm(values, source.rows(s, min(s + chunk_size, n)).transpose(1, 2)) for s in range(0, n, chunk_size)
-        ]
+        step = max(1, min(chunk_size, MAX_BLOCK_ELEMENTS // n))
+        blocks = [torch.bmm(values, source.rows(s, min(s + step, n)).transpose(1, 2)) for s in range(0, n, step)]
         return torch.cat(blocks, dim=-1)
 
 

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -64,6 +65,8 @@ class AuxSegNetModule(WSSSModule):
         cam_threshold, fusion_saliency_threshold: fusion thresholds (0.2, 0.06).
         saliency_crf: CRF preset of the saliency update (``auxseg_saliency``), or None to skip it;
             ``saliency_crf_tau`` its unary temperature (1.05).
+        channels_last, compile, compile_backend: speed switches, see :class:`WSSSModule` (under
+            ``--trainer.precision bf16-mixed`` the affinity softmaxes still run in float32).
         remaining arguments: evaluation, see :class:`WSSSModule`.
     """
 
@@ -95,10 +98,14 @@ class AuxSegNetModule(WSSSModule):
         crf_preset: str = "auxseg_inference",
         saliency_protocol: str = "sod",
         predict_mode: str = "ss",
+        channels_last: bool = False,
+        compile: bool = False,
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__(
             num_classes, class_names, val_modes, test_modes, eval_scales, scale_fusion, crf_preset,
             saliency_protocol, predict_mode,
+            channels_last=channels_last, compile=compile, compile_backend=compile_backend,
         )  # fmt: skip
         self.save_hyperparameters(ignore=["network"])
         self.network = build_network(network, num_classes)
@@ -107,7 +114,7 @@ class AuxSegNetModule(WSSSModule):
     # ------------------------------------------------------------------------------------------ training
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        out = self.network(batch["image"])
+        out = self.network(self.prepare_images(batch["image"]))
         hp = self.hparams
         loss_cls = multilabel_soft_margin(out.cls_logits, batch["cls_label"])
         losses = {"loss_cls": loss_cls}
@@ -159,10 +166,10 @@ class AuxSegNetModule(WSSSModule):
     # ------------------------------------------------------------------------------------------ inference
 
     def segmentation_logits(self, images: Tensor) -> Tensor:
-        return self.network(images).seg_refined
+        return self.network(self.prepare_images(images)).seg_refined
 
     def saliency_probabilities(self, images: Tensor) -> Tensor:
-        return torch.sigmoid(self.network(images).sal_refined.float())
+        return torch.sigmoid(self.network(self.prepare_images(images)).sal_refined.float())
 
     @torch.no_grad()
     def visualize(self, images: Tensor, cls_label: Tensor) -> dict[str, Tensor]:
@@ -172,7 +179,7 @@ class AuxSegNetModule(WSSSModule):
         * ``refined_cam``: that CAM propagated by the learned (cross-task) pairwise affinity, clipped to [0, 1];
         * ``saliency``: the refined saliency prediction ``sigmoid(R_sal)``.
         """
-        out = self.network(images)
+        out = self.network(self.prepare_images(images))
         present = (cls_label > 0).to(out.cam.device)[:, :, None, None]
         cam = normalize_cam(out.cam.float()) * present
         refined = out.affinity.propagate(cam)
@@ -214,11 +221,14 @@ class AuxSegNetModule(WSSSModule):
         height, width = images.shape[-2:]
         offshelf = batch["sal"].float()
         if kind == "initial":
-            cams = multiscale_cam(self.network.forward_cam, images, tuple(hp.cam_scales), hp.cam_flip, labels)
+            with self._precision_context():
+                cams = multiscale_cam(self.network.forward_cam, images, tuple(hp.cam_scales), hp.cam_flip, labels)
+            cams = cams.float()
             saliency = offshelf
             crf = None
         elif kind == "refined":
-            out = self.network(images)
+            with self._precision_context():
+                out = self.network(self.prepare_images(images))
             cams = out.affinity.propagate(normalize_cam(out.cam.float()))
             cams = upsample_cam(cams, (height, width))
             predicted = torch.sigmoid(F.interpolate(out.sal_refined.float(), (height, width), mode="bilinear"))[:, 0]
@@ -252,6 +262,13 @@ class AuxSegNetModule(WSSSModule):
                 )
             )
         return jobs, extras
+
+    def _precision_context(self) -> contextlib.AbstractContextManager:
+        """The trainer's precision context for label forwards (bf16 autocast under ``bf16-mixed``), so a refresh runs
+        at the training precision (Lightning applies it to the step methods only); a no-op without a trainer. The
+        affinity maths stays float32 either way, and everything after the network runs in float32."""
+        plugin = getattr(self._trainer, "precision_plugin", None) if self._trainer is not None else None
+        return plugin.forward_context() if plugin is not None else contextlib.nullcontext()
 
     def _cam_only_labels(self, peak: Tensor, peak_class: Tensor) -> Tensor:
         """CAM-only labels (B, H, W) uint8: the peak class where the CAM exceeds ``cam_threshold``, else background."""

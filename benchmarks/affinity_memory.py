@@ -1,0 +1,110 @@
+"""Affinity inference: peak memory and time against image size, chunked versus unchunked (full N×N).
+
+``python benchmarks/affinity_memory.py [--quick] [--sizes 320x240,640x480,960x720] [--json out.json]``
+
+What one label update / inference forward does after the backbone, without gradients: the cross-task affinity
+(``CrossTaskAffinity``, 128 channels, pairwise = AuxSegNet or dual = AuxSegNet+) enhances both task features,
+refines the seg + sal logits and propagates a 20-class CAM, at stride 8 (``N = ⌈H/8⌉·⌈W/8⌉`` positions).
+``unchunked`` builds the N×N matrices in full (the official code); ``chunked`` (``chunk_size`` query rows at a time,
+the default 4096) never materialises N×N. 960×720 is a 640×480 image at scale 1.5 (multi-scale inference).
+
+Each (size, variant) runs in its own process: peak memory = the growth of the peak RSS over the RSS after the
+inputs are built, so the interpreter and torch are not counted. 1 warm-up + ``--repeats`` timed calls; outputs
+of the two variants are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from benchmarks.common import gib, machine, markdown_table, peak_rss_bytes, run_child, write_json  # noqa: E402
+
+
+def child(size: tuple[int, int], chunked: bool, mode: str, chunk_size: int, repeats: int, out: str | None) -> dict:
+    from wsss_lightning.models.affinity import CrossTaskAffinity
+
+    width, height = size
+    h, w = math.ceil(height / 8), math.ceil(width / 8)
+    n = h * w
+    torch.manual_seed(0)
+    module = CrossTaskAffinity(128, mode=mode, cross_task=True, chunk_size=chunk_size if chunked else n + 1).eval()
+    gen = torch.Generator().manual_seed(1)
+    seg_f, sal_f = torch.randn(1, 128, h, w, generator=gen), torch.randn(1, 128, h, w, generator=gen)
+    seg_l, sal_l = torch.randn(1, 21, h, w, generator=gen), torch.randn(1, 1, h, w, generator=gen)
+    cam = torch.rand(1, 20, h, w, generator=gen)
+
+    def run() -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            result = module(seg_f, sal_f)
+            r_seg, r_sal = CrossTaskAffinity.refine(result, seg_l, sal_l)
+            return result.seg_features, result.sal_features, r_seg, r_sal, result.seg_context.propagate(cam)
+
+    baseline = peak_rss_bytes()
+    outputs = run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        outputs = run()
+        times.append(time.perf_counter() - start)
+    if out:
+        torch.save(outputs, out)
+    return {"positions": n, "seconds": min(times), "peak_bytes": peak_rss_bytes() - baseline}
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="sizes 160x120,320x240, chunk_size 256")
+    parser.add_argument("--sizes", default="320x240,640x480,960x720", help="WxH,...")
+    parser.add_argument("--mode", default="pairwise", choices=["pairwise", "dual"])
+    parser.add_argument("--chunk-size", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.chunk_size = "160x120,320x240", 256
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    import tempfile
+
+    args = parse(argv)
+    if args.child:
+        width, height, variant = args.child.split(":")
+        size = (int(width), int(height))
+        print(json.dumps(child(size, variant == "chunked", args.mode, args.chunk_size, args.repeats, args.out)))
+        return 0
+    rows, results = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in args.sizes.split(","):
+            width, height = (int(v) for v in spec.split("x"))
+            for variant in ("unchunked", "chunked"):
+                out = f"{tmp}/{spec}_{variant}.pt"
+                common = ["--mode", args.mode, "--chunk-size", str(args.chunk_size), "--repeats", str(args.repeats)]
+                child_args = [*common, "--child", f"{width}:{height}:{variant}", "--out", out]
+                results[f"{spec}/{variant}"] = run_child("benchmarks.affinity_memory", child_args)
+            a, b = torch.load(f"{tmp}/{spec}_unchunked.pt"), torch.load(f"{tmp}/{spec}_chunked.pt")
+            diff = max(float((x - y).abs().max()) for x, y in zip(a, b))
+            for variant in ("unchunked", "chunked"):
+                r = results[f"{spec}/{variant}"]
+                r["max_abs_diff_vs_unchunked"] = diff if variant == "chunked" else 0.0
+                rows.append([spec, r["positions"], variant, r["seconds"], gib(r["peak_bytes"]), f"{diff:.1e}"])
+    print(f"Affinity inference ({args.mode}, cross-task, 128 channels, no grad, chunk_size {args.chunk_size})")
+    print(markdown_table(["image WxH", "N", "variant", "seconds", "peak extra memory (GiB)", "max |diff|"], rows))
+    write_json(args.json, {"args": vars(args), "results": results, "parent": machine()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Training step: our LightningModule against a plain PyTorch loop over the same network and batches.
+
+``python benchmarks/train_step.py [--quick] [--steps 3] [--warmup 1] [--json out.json]``
+
+Each variant runs in its own process (so each has its own peak RSS), one after the other in one invocation:
+
+* ``plain``: ``net(images)`` → the AuxSegNet losses (cls + 2 sal + 2 seg) → ``backward`` → SGD (two parameter
+  groups, the module's) → poly ``LambdaLR`` step;
+* ``lightning``: ``Trainer.fit`` of :class:`~wsss_lightning.modules.AuxSegNetModule` on the same network
+  (seed 0), the same batches (seeded synthetic, one ``DataLoader(batch_size=None)``) and the same optimiser.
+
+Step time = wall time between the ends of consecutive steps (so data fetching, hooks, logging and the optimiser
+all count); the first ``--warmup`` steps are excluded. The overhead is ``lightning / plain - 1``. Defaults: the
+papers' setting, ResNet-38 at 321×321, batch 4 (about 20 s a step on 2 CPU cores). ``--flops`` also counts the
+FLOPs of one step (forward + backward, ``torch.utils.flop_counter``) in the plain process, after the timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/x.py` finds `benchmarks`
+
+import torch  # noqa: E402
+
+from benchmarks.common import (  # noqa: E402
+    build_network,
+    gib,
+    machine,
+    markdown_table,
+    mean,
+    peak_rss_bytes,
+    run_child,
+    training_batches,
+    write_json,
+)
+
+CHILDREN = ("plain", "lightning", "lightning-cl", "lightning-bf16-cl")
+OFFICIAL = {"images_per_s": 0.166, "step_s": 24.0, "peak_rss_gib": 7.4 * 1e9 / 2**30}
+
+
+def _loss(net_out, batch) -> torch.Tensor:
+    from wsss_lightning.losses import multilabel_soft_margin, saliency_bce_loss, segmentation_ce_loss
+
+    loss = multilabel_soft_margin(net_out.cls_logits, batch["cls_label"])
+    sal, seg = batch["sal"], batch["seg"]
+    loss = loss + saliency_bce_loss(net_out.sal_logits, sal) + saliency_bce_loss(net_out.sal_refined, sal)
+    return loss + segmentation_ce_loss(net_out.seg_logits, seg) + segmentation_ce_loss(net_out.seg_refined, seg)
+
+
+def _setup(args):
+    torch.manual_seed(0)
+    net = build_network(args.backbone, affinity=args.affinity)
+    batches = training_batches(args.warmup + args.steps, args.batch_size, args.crop)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
+    return net, loader
+
+
+def _autocast(args):
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.precision == "bf16-mixed" else torch.float32
+    return torch.autocast(device.type, dtype=dtype, enabled=args.precision == "bf16-mixed")
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def child_plain(args) -> dict:
+    from wsss_lightning.modules import AuxSegNetModule
+
+    net, loader = _setup(args)
+    device = torch.device(args.device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    net = net.to(device, memory_format=memory_format).train()
+    # The module only supplies the optimiser recipe (same groups, lr, poly schedule); the loop is plain PyTorch.
+    module = AuxSegNetModule(net, lr=7e-4)
+    steps = args.warmup + args.steps
+    module.lr_segment_steps = lambda: steps  # type: ignore[method-assign]
+    optim = module.configure_optimizers()
+    optimizer, scheduler = optim["optimizer"], optim["lr_scheduler"]["scheduler"]
+    ends = [time.perf_counter()]
+    for batch in loader:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        images = batch["image"].contiguous(memory_format=memory_format)
+        with _autocast(args):
+            out = net(images)
+            loss = _loss(out, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        _sync(args.device)
+        ends.append(time.perf_counter())
+    result = {"step_s": [b - a for a, b in zip(ends, ends[1:])], "peak_rss": peak_rss_bytes()}
+    if args.device.startswith("cuda"):
+        result["peak_cuda"] = torch.cuda.max_memory_allocated()
+    result["parameters"] = sum(p.numel() for p in net.parameters())
+    if args.flops:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        batch = {k: v.to(device) for k, v in next(iter(loader)).items()}
+        with FlopCounterMode(display=False) as counter:
+            with _autocast(args):
+                loss = _loss(net(batch["image"].contiguous(memory_format=memory_format)), batch)
+            loss.backward()
+        result["flops_per_step"] = counter.get_total_flops()
+    return result
+
+
+def child_lightning(args) -> dict:
+    import lightning as L
+
+    from wsss_lightning.modules import AuxSegNetModule
+
+    net, loader = _setup(args)
+    # Variants: "lightning", "lightning-cl" (channels-last switch), "lightning-bf16-cl" (+ bf16-mixed precision).
+    channels_last = args.channels_last or args.child.endswith("-cl")
+    precision = "bf16-mixed" if "bf16" in args.child else args.precision
+    module = AuxSegNetModule(net, lr=7e-4, channels_last=channels_last)
+    ends: list[float] = []
+
+    class StepClock(L.Callback):
+        def on_train_start(self, trainer, pl_module) -> None:
+            ends.append(time.perf_counter())
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            _sync(args.device)
+            ends.append(time.perf_counter())
+
+    trainer = L.Trainer(
+        accelerator="gpu" if args.device.startswith("cuda") else "cpu",
+        devices=1,
+        precision=precision,
+        max_steps=args.warmup + args.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[StepClock()],
+    )
+    trainer.fit(module, train_dataloaders=loader)
+    result = {"step_s": [b - a for a, b in zip(ends, ends[1:])], "peak_rss": peak_rss_bytes()}
+    if args.device.startswith("cuda"):
+        result["peak_cuda"] = torch.cuda.max_memory_allocated()
+    return result
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny backbone, crop 96, batch 2 (seconds)")
+    parser.add_argument("--backbone", default="resnet38", choices=["resnet38", "tiny"])
+    parser.add_argument("--affinity", default="pairwise", choices=["pairwise", "dual"], help="AuxSegNet / AuxSegNet+")
+    parser.add_argument("--crop", type=int, default=321)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=3, help="measured steps")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed first steps")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--flops", action="store_true", help="count the FLOPs of one step (plain process)")
+    parser.add_argument(
+        "--variants",
+        default="plain,lightning",
+        help="comma list of plain, lightning, lightning-cl (channels-last), lightning-bf16-cl (+ bf16-mixed)",
+    )
+    parser.add_argument("--child", choices=CHILDREN, help=argparse.SUPPRESS)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    if args.quick:  # many short steps: the per-step framework overhead (ms) is what is measured here
+        args.backbone, args.crop, args.batch_size = "tiny", 96, 2
+        args.steps, args.warmup = max(args.steps, 30), max(args.warmup, 5)
+    return args
+
+
+def child_args(args: argparse.Namespace) -> list[str]:
+    out = ["--backbone", args.backbone, "--affinity", args.affinity, "--crop", str(args.crop)]
+    out += ["--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    out += ["--device", args.device, "--precision", args.precision]
+    out += ["--channels-last"] if args.channels_last else []
+    out += ["--flops"] if args.flops else []
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.child:
+        fn = child_plain if args.child == "plain" else child_lightning
+        print(json.dumps(fn(args)))
+        return 0
+    results = {}
+    for variant in args.variants.split(","):
+        results[variant] = run_child("benchmarks.train_step", [*child_args(args), "--child", variant])
+        measured = results[variant]["step_s"][args.warmup :]
+        results[variant]["mean_step_s"] = mean(measured)
+        results[variant]["images_per_s"] = args.batch_size / mean(measured)
+    rows = []
+    for variant, r in results.items():
+        rows.append([variant, r["mean_step_s"], r["images_per_s"], gib(r["peak_rss"])])
+    if args.backbone == "resnet38" and args.crop == 321 and args.batch_size == 4 and args.device == "cpu":
+        ref = OFFICIAL
+        rows.append(["official AuxSegNet (reference)", ref["step_s"], ref["images_per_s"], ref["peak_rss_gib"]])
+    print(f"Training step, {args.backbone} {args.affinity} {args.crop}x{args.crop} batch {args.batch_size}, "
+          f"{args.device} {args.precision}, {args.warmup} warm-up + {args.steps} measured steps")  # fmt: skip
+    print(markdown_table(["variant", "s / step", "images / s", "peak RSS (GiB)"], rows))
+    summary = {}
+    if "plain" in results and "lightning" in results:
+        summary["lightning_overhead"] = results["lightning"]["mean_step_s"] / results["plain"]["mean_step_s"] - 1
+        delta_ms = 1000 * (results["lightning"]["mean_step_s"] - results["plain"]["mean_step_s"])
+        summary["lightning_minus_plain_ms"] = delta_ms
+        print(f"\nLightning overhead: {delta_ms:+.1f} ms per step, {100 * summary['lightning_overhead']:+.1f}% "
+              "(target <= 5%). The variant run first is slower on a shared machine: compare both orders "
+              "(--variants lightning,plain), see docs/benchmarks.md.")  # fmt: skip
+    if "flops_per_step" in results.get("plain", {}):
+        per_image = results["plain"]["flops_per_step"] / args.batch_size
+        summary["tflop_per_image"] = per_image / 1e12
+        summary["parameters"] = results["plain"]["parameters"]
+        print(f"FLOPs (forward + backward): {per_image / 1e12:.3f} TFLOP per image; "
+              f"{results['plain']['parameters'] / 1e6:.1f} M parameters")  # fmt: skip
+    write_json(args.json, {"args": vars(args), "results": results, "summary": summary, "parent": machine()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

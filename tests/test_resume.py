@@ -1,0 +1,378 @@
+"""Resume anywhere, lose nothing: real ``wsss fit`` subprocesses killed with SIGKILL, resumed with ``--ckpt_path last``.
+
+Setting: the tiny demo (24 training ids, batch 4 -> 6 steps per epoch), timm ``test_resnet``, 64 px crops,
+1 warm-up epoch + 2 stages of 1 epoch (steps 0-5 warm-up, 6-11 stage 0, 12-17 stage 1), label sets stage0
+(initial, after step 6), stage1 (refined, after step 12), stage2 (refined, after the last stage), a
+``ModelCheckpoint(save_last, every_n_train_steps=1)``, ``--trainer.deterministic true``, one CPU thread.
+
+What is compared with the uninterrupted run of the same seed, and why not more:
+
+* everything produced before the kill is bit-identical (the run is deterministic up to the kill) and is
+  *reused*, not regenerated: label files keep their bytes and their modification time;
+* a refresh resumes from ``last-refresh.ckpt`` (saved just before it, the exact weights and step), so the
+  finished label set is **bit-identical** to the uninterrupted run's, with only the missing ids written;
+* after a mid-stage kill the restored step, stage, learning rate and SGD momentum equal the uninterrupted
+  run's at that step (exactly);
+* training *after* a resume sees other batches: Lightning does not save the RNG states nor the sampler's
+  position (the demo loader is not resumable), so the resumed epoch draws a new order and new crops. Labels
+  generated after that differ, and their pseudo-label mIoU is compared with a tolerance (``MIOU_TOLERANCE``:
+  on 24 images and 6 steps per stage, two data orders move it by up to ~0.05).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from wsss_lightning.data.demo import DEMO_CLASSES, TINY_SETTINGS, generate_demo
+from wsss_lightning.pseudo.writer import PseudoLabelWriter, finalize_manifest
+
+MIOU_TOLERANCE = 0.15
+TESTS_DIR = Path(__file__).resolve().parent
+REPO = TESTS_DIR.parent
+
+
+# ------------------------------------------------------------------------------------------------ subprocess helpers
+# These callbacks are imported by the `wsss fit` subprocesses (PYTHONPATH includes tests/).
+
+
+class KillAt(L.Callback):
+    """SIGKILLs its own process: at a global step (``step``), after ``records`` ids of a label set (``refresh``),
+    or when validation starts in epoch ``epoch`` (``validation``: after the last batch, before the stage switch)."""
+
+    def __init__(self, mode: str, value: int, records: int = 0) -> None:
+        self.mode, self.value, self.records = mode, value, records
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        if self.mode != "refresh":
+            return
+        from wsss_lightning.pseudo import writer
+
+        original, folder, records = writer.PseudoLabelWriter._record, f"stage{self.value}", self.records
+
+        def record_then_die(self_, result) -> None:
+            original(self_, result)
+            if self_.out_dir.name == folder and self_.written >= records:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        writer.PseudoLabelWriter._record = record_then_die
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.mode == "step" and trainer.global_step == self.value:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if self.mode == "validation" and trainer.current_epoch == self.value:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _momentum(trainer) -> float:
+    return float(sum(s["momentum_buffer"].double().abs().sum() for s in trainer.optimizers[0].state.values() if s))
+
+
+class Recorder(L.Callback):
+    """Appends JSON lines: the restored state at train start, and per step the lr, momentum and label folder."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def _write(self, **event) -> None:
+        with open(self.path, "a") as stream:
+            stream.write(json.dumps(event) + "\n")
+
+    def _stage(self, trainer) -> int:
+        return next(c.stage for c in trainer.callbacks if type(c).__name__ == "PseudoLabelRefresh")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        lr = [g["lr"] for g in trainer.optimizers[0].param_groups]
+        self._write(event="start", step=trainer.global_step, stage=self._stage(trainer), lr=lr, m=_momentum(trainer))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        seg_dir = trainer.train_dataloader.dataset.seg_dir
+        self._write(event="batch", step=trainer.global_step, stage=self._stage(trainer), seg_dir=str(seg_dir),
+                    lr=[g["lr"] for g in trainer.optimizers[0].param_groups], m=_momentum(trainer))  # fmt: skip
+
+
+def _config(demo: Path, run: Path, extra_callbacks: list[dict]) -> Path:
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu", "devices": 1, "default_root_dir": str(run), "logger": False,
+            "enable_progress_bar": False, "num_sanity_val_steps": 0, "limit_val_batches": 2, "deterministic": True,
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "init_args": {"dirpath": str(run / "checkpoints"), "save_last": True, "save_top_k": 0,
+                               "every_n_train_steps": 1}},
+                {"class_path": "test_resume.Recorder", "init_args": {"path": str(run) + ".events.jsonl"}},
+                *extra_callbacks,
+            ],
+        },
+        "stages": {"class_path": "wsss_lightning.callbacks.PseudoLabelRefresh",
+                   "init_args": {"output_dir": str(run / "labels"), "warmup_epochs": 1, "num_stages": 2,
+                                 "epochs_per_stage": 1}},
+        "model": {"class_path": "wsss_lightning.modules.AuxSegNetModule", "init_args": {
+            "network": {"class_path": "wsss_lightning.models.AuxSegNetPlus", "init_args": {
+                "backbone": {"class_path": "wsss_lightning.models.TimmBackbone",
+                             "init_args": {"name": "test_resnet", "output_stride": 8, "pretrained": False}},
+                "head_channels": 16}},
+            "lr": 0.01, "momentum": 0.9, "cam_scales": [1.0, 0.5], "test_modes": ["ss"], "eval_scales": [1.0]}},
+        "data": {"class_path": "wsss_lightning.data.WSSSDataModule", "init_args": {
+            "root": str(demo / "VOCdevkit" / "VOC2012"), "dataset": "custom", "class_names": list(DEMO_CLASSES),
+            "saliency_dir": "../../saliency_maps", "crop_size": 64, "batch_size": 4, "num_workers": 0}},
+    }  # fmt: skip
+    path = run.parent / f"{run.name}{'-kill' if extra_callbacks else ''}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _fit(config: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(REPO)])}
+    command = [sys.executable, "-m", "wsss_lightning.cli", "fit", "--config", str(config), *args]
+    return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def _run(demo: Path, run: Path, kill: dict | None = None) -> subprocess.CompletedProcess:
+    """Fit (killed by ``kill`` if given); returns the finished process."""
+    callbacks = [{"class_path": "test_resume.KillAt", "init_args": kill}] if kill else []
+    return _fit(_config(demo, run, callbacks))
+
+
+def _resume(demo: Path, run: Path) -> subprocess.CompletedProcess:
+    result = _fit(_config(demo, run, []), "--ckpt_path", "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _events(run: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(str(run) + ".events.jsonl").read_text().splitlines()]
+
+
+def _files(label_set: Path) -> dict[str, str]:
+    return {str(p.relative_to(label_set)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(label_set.rglob("*.png"))}  # fmt: skip
+
+
+def _mtimes(label_set: Path) -> dict[str, int]:
+    return {str(p.relative_to(label_set)): p.stat().st_mtime_ns for p in label_set.rglob("*.png")}
+
+
+def _quality(run: Path, stage: int) -> dict:
+    return json.loads((run / "labels" / f"stage{stage}" / "quality.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("resume_demo")
+    generate_demo(root, seed=0, **TINY_SETTINGS)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(demo, tmp_path_factory) -> Path:
+    """The uninterrupted run."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    result = _run(demo, run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run
+
+
+def _assert_complete(run: Path, reference: Path) -> None:
+    """Every label set complete (one file per id, manifest), the run ended at the same step, metrics close."""
+    for stage in (0, 1, 2):
+        assert _files(run / "labels" / f"stage{stage}").keys() == _files(reference / "labels" / f"stage{stage}").keys()
+        manifest = json.loads((run / "labels" / f"stage{stage}" / "manifest.json").read_text())
+        assert manifest["count"] == 24 and not list((run / "labels" / f"stage{stage}").glob("manifest.rank*"))
+        assert abs(_quality(run, stage)["pseudo_mIoU"] - _quality(reference, stage)["pseudo_mIoU"]) <= MIOU_TOLERANCE
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 18
+    steps = [e["step"] for e in _events(run) if e["event"] == "batch"]
+    assert sorted(set(steps)) == list(range(18)), "every step ran (steps before the kill, the rest after)"
+
+
+# ------------------------------------------------------------------------------------------------ kill tests
+
+
+@pytest.mark.slow
+def test_kill_mid_stage_resumes_same_stage_lr_and_optimizer_state(demo, reference, tmp_path):
+    run = tmp_path / "run"
+    killed = _run(demo, run, {"mode": "step", "value": 9})  # stage 0, its 4th step
+    assert killed.returncode == -signal.SIGKILL
+    stage0_before = _mtimes(run / "labels" / "stage0")
+    _resume(demo, run)
+
+    ref = {e["step"]: e for e in _events(reference) if e["event"] == "batch"}
+    start = [e for e in _events(run) if e["event"] == "start"][-1]
+    assert start["step"] == 9 and start["stage"] == 0
+    assert start["lr"] == pytest.approx(ref[9]["lr"], rel=1e-12), "lr position restored"
+    assert start["m"] == pytest.approx(ref[9]["m"], rel=1e-9) and start["m"] > 0, "SGD momentum restored"
+    resumed = [e for e in _events(run) if e["event"] == "batch" and e["step"] >= 9]
+    assert resumed[0]["seg_dir"] == ref[9]["seg_dir"].replace(str(reference), str(run)), "same labels"
+    # The stage-0 labels were made before the kill: identical to the reference's and not rewritten.
+    assert _files(run / "labels" / "stage0") == _files(reference / "labels" / "stage0")
+    assert _mtimes(run / "labels" / "stage0") == stage0_before
+    _assert_complete(run, reference)
+
+
+@pytest.mark.slow
+def test_kill_mid_refresh_writes_only_missing_ids_and_matches_the_uninterrupted_run(demo, reference, tmp_path):
+    run = tmp_path / "run"
+    killed = _run(demo, run, {"mode": "refresh", "value": 1, "records": 10})  # 10 of 24 stage-1 labels written
+    assert killed.returncode == -signal.SIGKILL
+    label_set = run / "labels" / "stage1"
+    assert not (label_set / "manifest.json").exists() and len(list((label_set / "seg").glob("*.png"))) >= 10
+    # Damage one finished label (truncated): the checksum must catch it on resume and the id be rewritten.
+    written = sorted((label_set / "seg").glob("*.png"))
+    damaged = written[0]
+    damaged.write_bytes(damaged.read_bytes()[:40])
+    before = _mtimes(label_set)
+    _resume(demo, run)
+
+    reference_set = reference / "labels" / "stage1"
+    assert _files(label_set) == _files(reference_set), "the finished set is bit-identical"
+    quality = _quality(run, 1)
+    assert quality["reused"] == 9 and quality["written_per_rank"] == [15]  # 10 written - 1 damaged
+    after = _mtimes(label_set)
+    kept = {k for k in before if k != f"seg/{damaged.name}" and k.replace("seg/", "sal/") != f"sal/{damaged.name}"}
+    assert {k: after[k] for k in kept} == {k: before[k] for k in kept}, "intact labels were reused, not rewritten"
+    assert after[f"seg/{damaged.name}"] != before[f"seg/{damaged.name}"]
+    # After the refresh the run switched to stage 1, on the new labels, with the learning rate restarted.
+    first = next(e for e in _events(run) if e["event"] == "batch" and e["step"] == 12)
+    assert first["stage"] == 1 and first["seg_dir"] == str((label_set / "seg").resolve())
+    assert first["lr"] == pytest.approx([0.01, 0.1]) and first["m"] == 0.0, "fresh stage: lr restart, no momentum"
+    _assert_complete(run, reference)
+
+
+@pytest.mark.slow
+def test_kill_between_last_batch_and_stage_switch_redoes_the_switch(demo, reference, tmp_path):
+    """Killed in the end-of-stage validation: last.ckpt holds the stage's last step but no switch happened."""
+    run = tmp_path / "run"
+    killed = _run(demo, run, {"mode": "validation", "value": 1})
+    assert killed.returncode == -signal.SIGKILL
+    assert not (run / "labels" / "stage1").exists()
+    _resume(demo, run)
+    assert _files(run / "labels" / "stage1") == _files(reference / "labels" / "stage1")
+    first = next(e for e in _events(run) if e["event"] == "batch" and e["step"] == 12)
+    assert first["stage"] == 1 and first["seg_dir"] == str((run / "labels" / "stage1" / "seg").resolve())
+    assert first["lr"] == pytest.approx([0.01, 0.1])
+    _assert_complete(run, reference)
+
+
+# ------------------------------------------------------------------------------------------------ fast checks
+
+
+def _write_label(job: tuple[Path, str, bytes]) -> dict:
+    out_dir, name, data = job
+    (out_dir / "seg").mkdir(exist_ok=True)
+    (out_dir / "seg" / f"{name}.png").write_bytes(data)
+    return {"name": name, "files": {f"seg/{name}.png": hashlib.sha256(data).hexdigest()}}
+
+
+def test_damaged_or_stale_label_files_are_detected_by_checksum(tmp_path: Path) -> None:
+    from wsss_lightning.callbacks.label_sets import pending_names
+
+    names = ["a", "b", "c", "d"]
+    config = {"stage": 1, "kind": "refined", "model_step": 12}
+    with PseudoLabelWriter(tmp_path, config) as writer:
+        for name in names:
+            writer.submit(_write_label, (tmp_path, name, f"label {name}".encode()))
+    finalize_manifest(tmp_path, config, names)
+    assert pending_names(tmp_path, config, names, verify=True) == []
+    (tmp_path / "seg" / "b.png").write_bytes(b"label b"[:3])  # truncated
+    (tmp_path / "seg" / "c.png").write_bytes(b"label X")  # edited, same size
+    (tmp_path / "seg" / "d.png").unlink()  # missing
+    assert pending_names(tmp_path, config, names, verify=True) == [1, 2, 3]
+    assert pending_names(tmp_path, config, names, verify=False) == [3], "without verify only existence is checked"
+    assert pending_names(tmp_path, {**config, "model_step": 13}, names, verify=True) == [0, 1, 2, 3], "stale config"
+    with PseudoLabelWriter(tmp_path, config) as writer:  # rewrite only the pending ids
+        for index in pending_names(tmp_path, config, names, verify=True):
+            writer.submit(_write_label, (tmp_path, names[index], f"label {names[index]}".encode()))
+        assert writer.written == 3
+    finalize_manifest(tmp_path, config, names)
+    assert pending_names(tmp_path, config, names, verify=True) == []
+    assert (tmp_path / "seg" / "c.png").read_bytes() == b"label c"
+
+
+def test_a_crash_cut_manifest_line_is_ignored(tmp_path: Path) -> None:
+    from wsss_lightning.callbacks.label_sets import pending_names
+
+    config = {"stage": 0}
+    with PseudoLabelWriter(tmp_path, config) as writer:
+        writer.submit(_write_label, (tmp_path, "a", b"A"))
+    with open(tmp_path / "manifest.rank0.jsonl", "a") as shard:
+        shard.write('{"name": "b", "files": {"seg/b.png"')  # the process died mid-line
+    assert pending_names(tmp_path, config, ["a", "b"], verify=True) == [1]
+
+
+def test_nan_loss_stops_with_step_and_ids_and_keeps_last_checkpoint_finite(tmp_path: Path, monkeypatch) -> None:
+    """A NaN loss at step 2 stops fit naming the step and the batch ids; last.ckpt (step 2) stays finite."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from wsss_lightning.data.datamodule import WSSSDataModule
+    from wsss_lightning.models import AuxSegNetPlus, TimmBackbone
+    from wsss_lightning.modules import AuxSegNetModule, auxsegnet
+    from wsss_lightning.modules.nonfinite import NonFiniteLossError
+
+    demo = tmp_path / "demo"
+    generate_demo(demo, seed=0, **{**TINY_SETTINGS, "num_train_aug": 12, "num_val": 2})
+    calls = {"n": 0}
+    original = auxsegnet.multilabel_soft_margin
+
+    def nan_at_third_step(logits, target):
+        calls["n"] += 1
+        loss = original(logits, target)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(auxsegnet, "multilabel_soft_margin", nan_at_third_step)
+    L.seed_everything(0)
+    network = AuxSegNetPlus(len(DEMO_CLASSES), TimmBackbone("test_resnet", output_stride=8), head_channels=8)
+    module = AuxSegNetModule(network, num_classes=len(DEMO_CLASSES), lr=0.01, cam_scales=(1.0,), test_modes=["ss"])
+    module.enter_stage(-1, 0, 1, reset_optimizer=False)  # classification warm-up phase
+    datamodule = WSSSDataModule(root=str(demo / "VOCdevkit" / "VOC2012"), dataset="custom",
+                                class_names=list(DEMO_CLASSES), crop_size=32, batch_size=2, num_workers=0)  # fmt: skip
+    checkpoints = tmp_path / "checkpoints"
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, limit_train_batches=5, limit_val_batches=0, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        callbacks=[ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0, every_n_train_steps=1)],
+    )  # fmt: skip
+    names: list[list[str]] = []
+    monkeypatch.setattr(
+        module, "on_train_batch_start",
+        lambda batch, idx, base=module.on_train_batch_start: (names.append(list(batch["name"])), base(batch, idx)),
+    )  # fmt: skip
+    with pytest.raises(NonFiniteLossError) as error:
+        trainer.fit(module, datamodule)
+    message = str(error.value)
+    assert "loss is NaN/Inf at global step 2" in message
+    assert ", ".join(names[2]) in message, "the batch's image ids are named"
+    assert str(checkpoints / "nonfinite-step2.ckpt") in message
+    for name, step in (("last.ckpt", 2), ("nonfinite-step2.ckpt", 2)):
+        state = torch.load(checkpoints / name, map_location="cpu", weights_only=True)
+        assert state["global_step"] == step
+        assert all(bool(torch.isfinite(v).all()) for v in state["state_dict"].values() if v.is_floating_point())
+    assert not any(torch.isnan(p).any() for p in module.parameters()), "the NaN never reached the weights"
+
+
+def test_nonfinite_gradients_and_batch_ids() -> None:
+    from wsss_lightning.modules.nonfinite import NonFiniteLossError, all_finite, batch_ids, check_finite
+
+    assert batch_ids({"seg": {"name": ["a", "b"]}, "sal": {"name": ["c"]}}) == ["a", "b", "c"]
+    assert batch_ids([{"name": "x"}, {"image": np.zeros(1)}]) == ["x"]
+    assert all_finite([torch.ones(3), torch.zeros(2, 2)]) and all_finite([])
+    assert not all_finite([torch.ones(3), torch.tensor([1.0, float("inf")])])
+    assert not all_finite([torch.tensor([float("nan")])])
+    module = L.LightningModule()
+    check_finite(module, torch.tensor(1.0), "loss", ["a"])  # finite: nothing happens
+    with pytest.raises(NonFiniteLossError, match="gradient is not finite .*batch ids: a, b"):
+        check_finite(module, [torch.tensor([float("inf")])], "gradient", ["a", "b"])

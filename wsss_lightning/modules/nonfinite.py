@@ -1,0 +1,99 @@
+"""Stop training at the first NaN/Inf loss or gradient, keeping the last finite weights.
+
+A non-finite loss must not reach the optimiser: one SGD step with NaN gradients turns every weight into NaN,
+and the next periodic ``last.ckpt`` would then overwrite the last good checkpoint with garbage. The module's
+``on_before_backward`` (loss) and ``on_before_optimizer_step`` (gradients) hooks call :func:`check_finite`
+*before* the weights change, so:
+
+* the decision is synchronised across ranks (all ranks stop together, none hangs in a collective);
+* the still-finite weights are saved to ``<checkpoint dir>/nonfinite-step<N>.ckpt`` for inspection (not a
+  ``last*`` name: ``--ckpt_path last`` keeps resuming from the previous periodic checkpoint);
+* :class:`NonFiniteLossError` names the global step, the epoch, the batch's image ids and the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss or gradient became NaN/Inf during training; the message names the step and the batch ids."""
+
+
+def batch_ids(batch: Any, limit: int = 64) -> list[str]:
+    """The image ids (``name`` entries) of a batch, also inside nested dicts/lists (SSNet's joint batches)."""
+    found: list[str] = []
+    stack = [batch]
+    while stack and len(found) < limit:
+        item = stack.pop(0)
+        if isinstance(item, Mapping):
+            names = item.get("name")
+            if isinstance(names, (list, tuple)):
+                found.extend(str(n) for n in names)
+            elif isinstance(names, str):
+                found.append(names)
+            stack.extend(v for k, v in item.items() if k != "name" and isinstance(v, (Mapping, list, tuple)))
+        elif isinstance(item, (list, tuple)):
+            stack.extend(v for v in item if isinstance(v, (Mapping, list, tuple)))
+    return found[:limit]
+
+
+def all_finite(tensors: Iterable[Tensor]) -> bool:
+    """True when every element of every tensor is finite (one fused norm, no per-element Python loop)."""
+    tensors = [t.detach() for t in tensors]
+    if not tensors:
+        return True
+    return bool(torch.isfinite(torch.nn.utils.get_total_norm(tensors, norm_type=2.0)))
+
+
+def _save_finite_state(trainer: L.Trainer, step: int) -> Path | None:
+    """Save the (still finite) current state next to the other checkpoints; None without a checkpoint dir."""
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
+        folder = Path(callback.dirpath)
+    else:
+        folder = Path(trainer.default_root_dir) / "checkpoints"
+    path = folder / f"nonfinite-step{step}.ckpt"
+    trainer.save_checkpoint(str(path), weights_only=False)  # collective: every rank reaches it (decision synced)
+    return path
+
+
+def check_finite(module: L.LightningModule, tensors: Tensor | Iterable[Tensor], what: str, ids: list[str]) -> None:
+    """Raise :class:`NonFiniteLossError` (after saving the finite state) if any of ``tensors`` is NaN/Inf.
+
+    Args:
+        module: the training module (its trainer saves the checkpoint and synchronises the decision).
+        tensors: the loss (a scalar tensor) or the gradients.
+        what: ``"loss"`` or ``"gradient"``, for the message.
+        ids: the image ids of the batch being trained on.
+    """
+    tensors = [tensors] if isinstance(tensors, Tensor) else list(tensors)
+    bad = not all_finite(tensors)
+    trainer = module._trainer
+    if trainer is None:
+        if bad:
+            raise NonFiniteLossError(f"the {what} is not finite (batch ids: {', '.join(ids) or 'unknown'})")
+        return
+    bad = bool(trainer.strategy.reduce_boolean_decision(bad, all=False))  # any rank -> every rank stops
+    if not bad:
+        return
+    step = trainer.global_step
+    path = _save_finite_state(trainer, step)
+    message = (
+        f"the training {what} is NaN/Inf at global step {step} (epoch {trainer.current_epoch}); batch ids on rank "
+        f"{trainer.global_rank}: {', '.join(ids) or 'unknown'}. The weights before this step (all finite) were "
+        f"saved to {path}; the previous last.ckpt is untouched. Check these images and their labels/saliency "
+        "(`wsss data check`), lower the learning rate, or use 32-bit precision"
+    )
+    log.error(message)
+    raise NonFiniteLossError(message)
