@@ -172,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         return evaluate_main(argv[1:])
     if argv[0] == "data":
         return data_main(argv[1:])
-    _cli_class()(argv)
+    # From the shell, let LightningCLI read sys.argv itself (passing the same list again makes it warn that
+    # args and command-line arguments were both given); in-process callers pass their own list.
+    _cli_class()(None if argv == sys.argv[1:] else argv)
     _finish_wandb()
     return 0
 
