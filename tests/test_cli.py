@@ -137,3 +137,20 @@ def test_fit_test_predict_pseudolabel(demo, tmp_path):
     assert first["reused"] == 0 and first["images"] == len(train_ids)
     assert main(command) == 0  # resumable: a second run reuses every intact file
     assert json.loads((labels / "quality.json").read_text())["reused"] == len(train_ids)
+
+
+def test_logger_false_drops_learning_rate_monitor(tmp_path: Path) -> None:
+    """`--trainer.logger false` on a config with a LearningRateMonitor builds a trainer (Lightning would raise at fit
+    start) and keeps the other callbacks."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from wsss_lightning.cli import _cli_class
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "demo_auxseg.yaml"
+    base = ["--config", str(config), "--data.root", str(tmp_path), "--trainer.default_root_dir",
+            str(tmp_path / "run"), "--trainer.callbacks+=lightning.pytorch.callbacks.LearningRateMonitor"]  # fmt: skip
+    with_logger = _cli_class()(base, run=False).trainer
+    assert any(isinstance(c, LearningRateMonitor) for c in with_logger.callbacks)
+    without = _cli_class()([*base, "--trainer.logger", "false"], run=False).trainer
+    assert not any(isinstance(c, LearningRateMonitor) for c in without.callbacks)
+    assert any(isinstance(c, ModelCheckpoint) for c in without.callbacks)

@@ -31,7 +31,7 @@ USAGE = """usage: wsss {fit,validate,test,predict,pseudolabel,evaluate,data} ...
 
 def _cli_class():
     """Build the LightningCLI subclass lazily (importing Lightning takes seconds; ``wsss data demo`` needs none)."""
-    from lightning.pytorch.callbacks import Callback, ProgressBar
+    from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
     from wsss_lightning.callbacks.progress import StageProgressBar
@@ -75,6 +75,13 @@ def _cli_class():
             # The stage-aware progress bar, unless the bar is off or the config brings its own.
             configured = config.get("callbacks") or []
             configured = configured if isinstance(configured, list) else [configured]
+            if config.get("logger") is False:
+                # LearningRateMonitor raises at fit start without a logger; `--trainer.logger false` (a quick run,
+                # a debug session) should not need the config's callback list rewritten by hand.
+                kept = [c for c in configured if not isinstance(c, LearningRateMonitor)]
+                if len(kept) != len(configured):
+                    print("wsss: --trainer.logger false: dropping LearningRateMonitor (it needs a logger)", file=sys.stderr)
+                config["callbacks"] = configured = kept
             wants_bar = config.get("enable_progress_bar") in (None, True)
             if wants_bar and not any(isinstance(c, ProgressBar) for c in [*configured, *callbacks]):
                 callbacks.append(StageProgressBar())
