@@ -80,7 +80,7 @@ def _cli_class():
                 # a debug session) should not need the config's callback list rewritten by hand.
                 kept = [c for c in configured if not isinstance(c, LearningRateMonitor)]
                 if len(kept) != len(configured):
-                    print("wsss: --trainer.logger false: dropping LearningRateMonitor (it needs a logger)", file=sys.stderr)
+                    print("wsss: logger is false: dropping LearningRateMonitor (needs a logger)", file=sys.stderr)
                 config["callbacks"] = configured = kept
             wants_bar = config.get("enable_progress_bar") in (None, True)
             if wants_bar and not any(isinstance(c, ProgressBar) for c in [*configured, *callbacks]):
