@@ -55,8 +55,10 @@ format: install
 # Take timings on an otherwise idle machine. GPU: `$(PY) benchmarks/gpu_train.py` (needs CUDA).
 BENCH_ARGS ?= --quick
 METRICS_ARGS ?= --num 100 --loading_images 50
-BENCH_OUT ?= benchmarks/results
+# Fresh runs go to runs/bench; benchmarks/results/ holds the figures quoted in docs/benchmarks.md.
+BENCH_OUT ?= runs/bench
 bench: install
+	@mkdir -p $(BENCH_OUT)
 	$(PY) benchmarks/metrics.py $(METRICS_ARGS)
 	$(PY) benchmarks/train_step.py $(BENCH_ARGS) --json $(BENCH_OUT)/train_step.json
 	$(PY) benchmarks/pseudo_refresh.py $(BENCH_ARGS) --json $(BENCH_OUT)/pseudo_refresh.json
