@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
+from tiny_config import checkpoint_callback, write_tiny_config
 
 from wsss_lightning.cli import main
 from wsss_lightning.data.demo import DEMO_CLASSES, TINY_SETTINGS, generate_demo
@@ -22,68 +23,18 @@ def demo(tmp_path_factory) -> Path:
 
 
 def _config(demo: Path, run: Path) -> Path:
-    config = {
-        "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "default_root_dir": str(run),
-            "logger": False,
-            "enable_progress_bar": False,
-            "num_sanity_val_steps": 0,
-            "limit_val_batches": 2,
-            "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"dirpath": str(run / "checkpoints"), "save_last": True, "save_top_k": 0},
-                }
-            ],
-        },
-        "stages": {
-            "class_path": "wsss_lightning.callbacks.PseudoLabelRefresh",
-            "init_args": {
-                "output_dir": str(run / "labels"),
-                "warmup_epochs": 1,
-                "num_stages": 1,
-                "epochs_per_stage": 1,
-            },
-        },
-        "model": {
-            "class_path": "wsss_lightning.modules.AuxSegNetModule",
-            "init_args": {
-                "network": {
-                    "class_path": "wsss_lightning.models.AuxSegNetPlus",
-                    "init_args": {
-                        "backbone": {
-                            "class_path": "wsss_lightning.models.TimmBackbone",
-                            "init_args": {"name": "test_resnet", "output_stride": 8},
-                        },
-                        "head_channels": 16,
-                    },
-                },
-                "lr": 0.01,
-                "cam_scales": [1.0, 0.5],
-                "test_modes": ["ss", "ms"],
-                "eval_scales": [0.75, 1.0],
-            },
-        },
-        "data": {
-            "class_path": "wsss_lightning.data.WSSSDataModule",
-            "init_args": {
-                "root": str(demo / "VOCdevkit" / "VOC2012"),
-                "dataset": "custom",
-                "class_names": list(DEMO_CLASSES),
-                "saliency_dir": "../../saliency_maps",
-                "saliency_test_sets": {"ECSSD": "../../ECSSD"},
-                "crop_size": 64,
-                "batch_size": 4,
-                "num_workers": 0,
-            },
-        },
+    trainer = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "default_root_dir": str(run),
+        "logger": False,
+        "enable_progress_bar": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 2,
+        "callbacks": [checkpoint_callback(run)],
     }
-    path = run.parent / f"{run.name}.yaml"  # outside the run folder, where Lightning saves its own config.yaml
-    path.write_text(yaml.safe_dump(config))
-    return path
+    model = {"cam_scales": [1.0, 0.5], "cam_flip": True, "test_modes": ["ss", "ms"], "eval_scales": [0.75, 1.0]}
+    return write_tiny_config(demo, run, trainer, model=model)
 
 
 def test_print_config_composes_and_overrides(demo, tmp_path, capsys):

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-import yaml
+from tiny_config import checkpoint_callback, write_tiny_config
 from torch.utils.data import DistributedSampler
 
-from wsss_lightning.data.demo import DEMO_CLASSES, TINY_SETTINGS, generate_demo
+from wsss_lightning.data.demo import TINY_SETTINGS, generate_demo
 from wsss_lightning.data.splits import read_id_list
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
@@ -76,70 +76,21 @@ def _wsss(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def _config(demo: Path, run: Path) -> Path:
-    config = {
-        "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 2,
-            "strategy": "ddp",
-            "default_root_dir": str(run),
-            "logger": False,
-            "enable_progress_bar": False,
-            "num_sanity_val_steps": 0,
-            "limit_val_batches": 0,
-            "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"dirpath": str(run / "checkpoints"), "save_last": True, "save_top_k": 0},
-                },
-                {"class_path": "test_ddp.RankProbe", "init_args": {"out_dir": str(run / "probe")}},
-            ],
-        },
-        "stages": {
-            "class_path": "wsss_lightning.callbacks.PseudoLabelRefresh",
-            "init_args": {
-                "output_dir": str(run / "labels"),
-                "warmup_epochs": 1,
-                "num_stages": 2,
-                "epochs_per_stage": 1,
-            },
-        },
-        "model": {
-            "class_path": "wsss_lightning.modules.AuxSegNetModule",
-            "init_args": {
-                "network": {
-                    "class_path": "wsss_lightning.models.AuxSegNetPlus",
-                    "init_args": {
-                        "backbone": {
-                            "class_path": "wsss_lightning.models.TimmBackbone",
-                            "init_args": {"name": "test_resnet", "output_stride": 8},
-                        },
-                        "head_channels": 16,
-                    },
-                },
-                "lr": 0.01,
-                "cam_scales": [1.0],
-                "cam_flip": False,
-                "test_modes": ["ss"],
-            },
-        },
-        "data": {
-            "class_path": "wsss_lightning.data.WSSSDataModule",
-            "init_args": {
-                "root": str(demo / "VOCdevkit" / "VOC2012"),
-                "dataset": "custom",
-                "class_names": list(DEMO_CLASSES),
-                "saliency_dir": "../../saliency_maps",
-                "saliency_test_sets": {"ECSSD": "../../ECSSD"},
-                "crop_size": 64,
-                "batch_size": BATCH_SIZE,
-                "num_workers": 0,
-            },
-        },
+    trainer = {
+        "accelerator": "cpu",
+        "devices": 2,
+        "strategy": "ddp",
+        "default_root_dir": str(run),
+        "logger": False,
+        "enable_progress_bar": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+        "callbacks": [
+            checkpoint_callback(run),
+            {"class_path": "test_ddp.RankProbe", "init_args": {"out_dir": str(run / "probe")}},
+        ],
     }
-    path = run.parent / f"{run.name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_tiny_config(demo, run, trainer, num_stages=2, batch_size=BATCH_SIZE)
 
 
 def test_ddp_pipeline_writes_each_label_once_and_metrics_match_one_process(tmp_path):

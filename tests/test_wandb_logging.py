@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from tiny_config import checkpoint_callback, write_tiny_config
 
 from wsss_lightning.callbacks.progress import stage_description
 from wsss_lightning.callbacks.pseudo_label_refresh import PseudoLabelRefresh
@@ -500,10 +501,7 @@ def _config(demo: Path, run: Path, devices: int = 1, num_images: int = 2) -> Pat
         "limit_val_batches": 2,
         "log_every_n_steps": 1,
         "callbacks": [
-            {
-                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                "init_args": {"dirpath": str(run / "checkpoints"), "save_last": True, "save_top_k": 0},
-            },
+            checkpoint_callback(run),
             {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"},
             {"class_path": "wsss_lightning.callbacks.throughput.Throughput"},
             {"class_path": "wsss_lightning.callbacks.wandb_media.WandbMedia", "init_args": {"num_images": num_images}},
@@ -511,54 +509,7 @@ def _config(demo: Path, run: Path, devices: int = 1, num_images: int = 2) -> Pat
     }
     if devices > 1:
         trainer["strategy"] = "ddp"
-    config = {
-        "seed_everything": 0,
-        "trainer": trainer,
-        "stages": {
-            "class_path": "wsss_lightning.callbacks.PseudoLabelRefresh",
-            "init_args": {
-                "output_dir": str(run / "labels"),
-                "warmup_epochs": 1,
-                "num_stages": 1,
-                "epochs_per_stage": 1,
-            },
-        },
-        "model": {
-            "class_path": "wsss_lightning.modules.AuxSegNetModule",
-            "init_args": {
-                "network": {
-                    "class_path": "wsss_lightning.models.AuxSegNetPlus",
-                    "init_args": {
-                        "backbone": {
-                            "class_path": "wsss_lightning.models.TimmBackbone",
-                            "init_args": {"name": "test_resnet", "output_stride": 8},
-                        },
-                        "head_channels": 16,
-                    },
-                },
-                "lr": 0.01,
-                "cam_scales": [1.0],
-                "cam_flip": False,
-                "test_modes": ["ss"],
-            },
-        },
-        "data": {
-            "class_path": "wsss_lightning.data.WSSSDataModule",
-            "init_args": {
-                "root": str(demo / "VOCdevkit" / "VOC2012"),
-                "dataset": "custom",
-                "class_names": list(DEMO_CLASSES),
-                "saliency_dir": "../../saliency_maps",
-                "saliency_test_sets": {"ECSSD": "../../ECSSD"},
-                "crop_size": 64,
-                "batch_size": 4,
-                "num_workers": 0,
-            },
-        },
-    }
-    path = run.parent / f"{run.name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_tiny_config(demo, run, trainer)
 
 
 def _runs(save_dir: Path) -> list[Path]:
