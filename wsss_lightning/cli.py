@@ -169,7 +169,8 @@ def data_main(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    from_shell = argv is None
+    argv = sys.argv[1:] if from_shell else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         return data_main(argv[1:])
     # From the shell, let LightningCLI read sys.argv itself (passing the same list again makes it warn that
     # args and command-line arguments were both given); in-process callers pass their own list.
-    _cli_class()(None if argv == sys.argv[1:] else argv)
+    _cli_class()(None if from_shell else argv)
     _finish_wandb()
     return 0
 
