@@ -195,3 +195,14 @@ def test_crf_pool_rejects_fork() -> None:
         CRFPool(1, start_method="fork")
     with pytest.raises(ValueError, match="num_workers"):
         CRFPool(-1)
+
+
+def test_read_only_image_is_accepted() -> None:
+    """``np.asarray(PIL image)`` is read-only; pydensecrf needs a writable buffer, so the CRF copies it."""
+    image = np.zeros((6, 8, 3), np.uint8)
+    image[:, 4:] = 200
+    image.flags.writeable = False
+    probs = np.full((2, 6, 8), 0.5, np.float32)
+    probs[1, :, 4:], probs[0, :, 4:] = 0.9, 0.1
+    out = dense_crf(image, probs, "auxseg_inference")
+    assert out.shape == (2, 6, 8) and np.allclose(out.sum(0), 1.0, atol=1e-5)

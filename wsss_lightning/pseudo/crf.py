@@ -122,7 +122,8 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     if image.dtype != np.uint8:
         # The bilateral kernel's srgb is in 0..255 units and pydensecrf only accepts uint8.
         raise ValueError(f"image must be uint8 (0..255), got {image.dtype}; pass the un-normalised image")
-    return np.ascontiguousarray(image)
+    # pydensecrf takes a writable buffer: a read-only view (e.g. np.asarray(PIL image)) must be copied
+    return np.ascontiguousarray(image) if image.flags.writeable else image.copy(order="C")
 
 
 def _run_crf(image: np.ndarray, unary: np.ndarray, params: CRFParams) -> np.ndarray:

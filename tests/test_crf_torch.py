@@ -1,0 +1,263 @@
+"""Torch dense CRF (wsss_lightning/pseudo/crf_torch.py) against pydensecrf, a brute-force kernel and bad inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wsss_lightning.pseudo.crf import CRF_PRESETS, CRFParams, dense_crf, saliency_crf, saliency_unary
+from wsss_lightning.pseudo.crf_torch import (
+    PermutohedralLattice,
+    TorchDenseCRF,
+    dense_crf_torch,
+    dense_crf_torch_batch,
+    saliency_crf_torch,
+    saliency_unary_torch,
+)
+
+pytest.importorskip("pydensecrf.densecrf")
+ndimage = pytest.importorskip("scipy.ndimage")
+
+#: The presets the pipeline runs, and the acceptance rule: >= 99 % equal labels (in practice all, |dQ| ~ 1e-8).
+PRESETS = ("auxseg_saliency", "auxseg_inference", "ssnet")
+MIN_AGREEMENT = 0.99
+MAX_MEAN_ABS_DIFF = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    # Small tensors: on a busy machine, waking a second intra-op thread costs ~1 ms per op (seconds per test).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _soft_probs(label: np.ndarray, num_labels: int, sigma: float, seed: int) -> np.ndarray:
+    """Blurred one-hot of an (H, W) label map plus logit noise -> float32 (C, H, W) probabilities."""
+    rng = np.random.default_rng(seed)
+    onehot = (np.arange(num_labels)[:, None, None] == label[None]).astype(np.float32)
+    blurred = np.stack([ndimage.gaussian_filter(channel, sigma) for channel in onehot])
+    logits = 4.0 * blurred + 0.8 * rng.normal(size=blurred.shape)
+    exp = np.exp(logits - logits.max(0))
+    return (exp / exp.sum(0)).astype(np.float32)
+
+
+def _photo_case(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A scikit-image photograph (top-left 240 x 320, for speed), 4-label probabilities from coarse luminance blocks
+    and a soft saliency map."""
+    skdata = pytest.importorskip("skimage.data")
+    image = np.ascontiguousarray(getattr(skdata, name)()[:240, :320, :3])
+    height, width = image.shape[:2]
+    block = 24
+    grey = image.astype(np.float32).mean(2)
+    pad = grey[: height // block * block, : width // block * block]
+    means = pad.reshape(height // block, block, width // block, block).mean((1, 3))
+    coarse = np.digitize(means, np.quantile(means, [0.25, 0.5, 0.75]))
+    label = np.kron(coarse, np.ones((block, block), np.int64))
+    label = np.pad(label, ((0, height - label.shape[0]), (0, width - label.shape[1])), mode="edge")
+    rng = np.random.default_rng(7)
+    foreground = ndimage.gaussian_filter((label == 3).astype(np.float32), 8)
+    saliency = np.clip(foreground + rng.normal(0, 0.15, foreground.shape), 0, 1).astype(np.float32)
+    return image, _soft_probs(label, 4, 6.0, seed=3), saliency
+
+
+def _demo_cases(root: Path, count: int = 3) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(image, 21-class probabilities from the label PNG, the demo's off-the-shelf saliency) of demo images."""
+    from PIL import Image
+
+    from wsss_lightning.data.demo import SALIENCY_DIR, VOC_DIR
+
+    voc = root / VOC_DIR
+    cases = []
+    for path in sorted((voc / "SegmentationClassAug").glob("*.png"))[:count]:
+        image = np.array(Image.open(voc / "JPEGImages" / f"{path.stem}.jpg").convert("RGB"))
+        label = np.array(Image.open(path)).astype(np.int64)
+        label[label == 255] = 0
+        saliency = np.array(Image.open(voc / SALIENCY_DIR / path.name)).astype(np.float32) / 255.0
+        cases.append((image, _soft_probs(label, 21, 2.0, seed=len(cases)), saliency))
+    return cases
+
+
+def _assert_agrees(preset: str, image: np.ndarray, probs: np.ndarray, saliency: np.ndarray) -> None:
+    if preset == "auxseg_saliency":
+        expected, got = saliency_crf(image, saliency), saliency_crf_torch(image, saliency)
+        equal = ((expected > 0.5) == (got > 0.5)).mean()
+    else:
+        expected, got = dense_crf(image, probs, preset), dense_crf_torch(image, probs, preset)
+        equal = (expected.argmax(0) == got.argmax(0)).mean()
+    assert got.shape == expected.shape and got.dtype == np.float32
+    mean_abs = np.abs(expected - got).mean()
+    assert equal >= MIN_AGREEMENT and mean_abs < MAX_MEAN_ABS_DIFF, (preset, equal, mean_abs)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_agrees_with_pydensecrf_on_demo_images(preset: str, tiny_demo: Path) -> None:
+    cases = _demo_cases(tiny_demo)
+    assert cases, "the demo dataset has no labelled images"
+    for image, probs, saliency in cases:
+        _assert_agrees(preset, image, probs, saliency)
+
+
+@pytest.mark.parametrize("name", ["coffee", "astronaut", "chelsea"])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_agrees_with_pydensecrf_on_photographs(preset: str, name: str) -> None:
+    _assert_agrees(preset, *_photo_case(name))
+
+
+def test_all_presets_match_pydensecrf_closely() -> None:
+    # 23 x 31 = 713 pixels, not a multiple of 4: densecrf's SSE padding points are in its lattice (and in ours).
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (23, 31, 3), dtype=np.uint8)
+    probs = rng.dirichlet(np.ones(5), size=(23, 31)).transpose(2, 0, 1).astype(np.float32)
+    for name in CRF_PRESETS:
+        np.testing.assert_allclose(dense_crf_torch(image, probs, name), dense_crf(image, probs, name), atol=1e-4)
+
+
+def test_marginals_are_distributions() -> None:
+    image, probs, _ = _photo_case("chelsea")
+    q = dense_crf_torch(image[:120, :160], probs[:, :120, :160], "auxseg_inference")
+    assert q.min() >= 0.0 and q.max() <= 1.0
+    np.testing.assert_allclose(q.sum(0), 1.0, atol=1e-5)
+
+
+def test_zero_iterations_is_softmax_of_minus_unary() -> None:
+    rng = np.random.default_rng(1)
+    image = torch.from_numpy(rng.integers(0, 256, (9, 11, 3), dtype=np.uint8))
+    unary = torch.from_numpy(rng.normal(0, 3, (4, 9, 11)).astype(np.float32))
+    crf = TorchDenseCRF(image, dataclasses.replace(CRF_PRESETS["psa"], iterations=0))
+    torch.testing.assert_close(crf.inference(unary), torch.softmax(-unary, 0))
+    # through the probabilities, a zero is clipped to 1e-5 before -log (as pydensecrf's unary_from_softmax)
+    probs = torch.softmax(-unary, 0)
+    probs[:, 0, 0] = torch.tensor([0.0, 0.25, 0.25, 0.5])
+    clipped = probs.clamp(1e-5, 1.0)
+    q = dense_crf_torch(image, probs, dataclasses.replace(CRF_PRESETS["psa"], iterations=0))
+    torch.testing.assert_close(q, clipped / clipped.sum(0))
+
+
+def _brute_force_message(q: np.ndarray, height: int, width: int, sxy: float) -> np.ndarray:
+    """Exact symmetric-normalised Gaussian message ``n K n q`` with ``K_ij = exp(-|p_i - p_j|^2 / (2 sxy^2))``."""
+    ys, xs = np.mgrid[:height, :width]
+    positions = np.stack([xs.ravel(), ys.ravel()], 1) / sxy
+    kernel = np.exp(-0.5 * ((positions[:, None] - positions[None]) ** 2).sum(-1))  # (N, N): tiny images only
+    norm = 1.0 / np.sqrt(kernel.sum(1))
+    return norm[:, None] * (kernel @ (norm[:, None] * q))
+
+
+@pytest.mark.parametrize("sxy", [1.5, 3.0])
+def test_uniform_image_bilateral_is_the_spatial_gaussian(sxy: float) -> None:
+    height, width = 12, 10
+    image = torch.full((height, width, 3), 120, dtype=torch.uint8)
+    crf = TorchDenseCRF(image, CRFParams(sxy, 1, sxy, 5, 1, 1))
+    q = torch.softmax(torch.from_numpy(np.random.default_rng(0).normal(0, 2, (height * width, 3))).float(), 1)
+    gaussian, bilateral = (kernel.message(q).numpy() for kernel in crf.kernels)
+
+    def errors(message: np.ndarray, scale: float) -> tuple[float, float]:
+        ref = _brute_force_message(q.numpy(), height, width, sxy * scale)
+        return np.abs(message - ref).mean() / np.abs(ref).mean(), np.abs(message - ref).max() / np.abs(ref).max()
+
+    for message, mean_tol in ((gaussian, 0.03), (bilateral, 0.05)):
+        mean_err, max_err = errors(message, 1.0)
+        # The permutohedral lattice is an approximation (a few % here), but of this Gaussian and not a wider or
+        # narrower one.
+        assert mean_err < mean_tol and max_err < 0.1, (mean_err, max_err)
+        assert max_err < min(errors(message, 0.7)[1], errors(message, 1.4)[1])
+
+
+def test_lattice_filter_of_ones_is_the_kernel_mass() -> None:
+    # With an all-ones input each output is the (approximate) kernel mass around the point: about equal in the
+    # interior of a regular grid (the lattice is not exactly shift-invariant), smaller at the border.
+    ys, xs = torch.meshgrid(torch.arange(20.0), torch.arange(20.0), indexing="ij")
+    lattice = PermutohedralLattice(torch.stack([xs.ravel(), ys.ravel()], 1) / 3.0)
+    mass = lattice.filter(torch.ones(400, 1)).reshape(20, 20)
+    assert lattice.num_vertices <= 3 * 400
+    interior = mass[6:14, 6:14]
+    assert interior.max() / interior.min() < 1.1
+    assert mass[0, 0] < 0.7 * interior.min() and mass[-1, -1] < 0.7 * interior.min()
+
+
+def test_numpy_and_tensor_io() -> None:
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (14, 18, 3), dtype=np.uint8)
+    probs = rng.dirichlet(np.ones(3), size=(14, 18)).transpose(2, 0, 1).astype(np.float32)
+    as_numpy = dense_crf_torch(image, probs, "psa")
+    assert isinstance(as_numpy, np.ndarray) and as_numpy.dtype == np.float32 and as_numpy.shape == (3, 14, 18)
+    # tensors in (also a channels-first image and float64 probabilities) -> float32 tensor on the same device
+    as_tensor = dense_crf_torch(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(probs).double(), "psa")
+    assert isinstance(as_tensor, torch.Tensor) and as_tensor.dtype == torch.float32 and as_tensor.device.type == "cpu"
+    np.testing.assert_allclose(as_tensor.numpy(), as_numpy, atol=1e-6)
+    sal = saliency_crf_torch(image, probs[0])
+    assert isinstance(sal, np.ndarray) and sal.shape == (14, 18) and sal.dtype == np.float32
+    np.testing.assert_allclose(saliency_crf_torch(torch.from_numpy(image), torch.from_numpy(probs[0])).numpy(), sal)
+
+
+def test_saliency_unary_matches_numpy() -> None:
+    sal = np.random.default_rng(3).uniform(0, 1, (6, 7))
+    sal[0, :2] = [0.0, 1.0]
+    np.testing.assert_allclose(saliency_unary_torch(torch.from_numpy(sal)).numpy(), saliency_unary(sal), rtol=1e-6)
+
+
+def test_batch_equals_one_by_one() -> None:
+    rng = np.random.default_rng(4)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(16, 20, 3), (9, 13, 3), (21, 7, 3)]]
+    probs = [rng.dirichlet(np.ones(4), size=i.shape[:2]).transpose(2, 0, 1).astype(np.float32) for i in images]
+    batched = dense_crf_torch_batch(images, probs, "auxseg_inference")
+    for image, p, q in zip(images, probs, batched, strict=True):
+        np.testing.assert_allclose(q, dense_crf_torch(image, p, "auxseg_inference"), atol=1e-5)
+    assert dense_crf_torch_batch([], [], "psa") == []
+
+
+def test_bad_inputs_raise_value_errors() -> None:
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)
+    probs = rng.dirichlet(np.ones(2), size=(8, 10)).transpose(2, 0, 1).astype(np.float32)
+    with pytest.raises(ValueError, match="uint8"):
+        dense_crf_torch(image.astype(np.float32), probs, "psa")
+    with pytest.raises(ValueError, match=r"probs must be \(C, H, W\)"):
+        dense_crf_torch(image, probs[0], "psa")
+    with pytest.raises(ValueError, match="float"):
+        dense_crf_torch(image, (probs > 0.5).astype(np.int64), "psa")
+    with pytest.raises(ValueError, match=r"\(H, W\) = \(8, 9\)"):
+        dense_crf_torch(image, probs[:, :, :9], "psa")
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        dense_crf_torch(image[..., :2], probs, "psa")
+    with pytest.raises(ValueError, match="at least one pixel"):
+        dense_crf_torch(image[:0], probs[:, :0], "psa")
+    with pytest.raises(ValueError, match="unknown CRF preset"):
+        dense_crf_torch(image, probs, "deeplab")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        saliency_crf_torch(image, probs[0] * 255)
+    with pytest.raises(ValueError, match=r"saliency must be \(H, W\)"):
+        saliency_crf_torch(image, probs)
+    with pytest.raises(ValueError, match="unary must be"):
+        TorchDenseCRF(torch.from_numpy(image), "psa").inference(torch.zeros(2, 8, 9))
+    with pytest.raises(ValueError, match="2 probability maps"):
+        dense_crf_torch_batch([image], [probs, probs], "psa")
+    with pytest.raises(ValueError, match="same number of labels"):
+        dense_crf_torch_batch([image, image], [probs, np.concatenate([probs, probs])], "psa")
+    with pytest.raises(ValueError, match=r"features must be \(N, d\)"):
+        PermutohedralLattice(torch.zeros(5))
+    with pytest.raises(TypeError, match="numpy"):
+        dense_crf_torch(image.tolist(), probs, "psa")  # type: ignore[arg-type]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu() -> None:
+    image, probs, saliency = _photo_case("astronaut")
+    for preset in ("auxseg_inference", "ssnet"):
+        cpu = dense_crf_torch(image, probs, preset)
+        gpu = dense_crf_torch(torch.from_numpy(image).cuda(), torch.from_numpy(probs).cuda(), preset)
+        assert gpu.device.type == "cuda"
+        gpu_np = gpu.cpu().numpy()
+        assert (gpu_np.argmax(0) == cpu.argmax(0)).mean() >= 0.999 and np.abs(gpu_np - cpu).mean() < 1e-5
+    sal_gpu = saliency_crf_torch(image, saliency, device="cuda")
+    assert isinstance(sal_gpu, np.ndarray)
+    np.testing.assert_allclose(sal_gpu, saliency_crf_torch(image, saliency), atol=1e-4)
+    batched = dense_crf_torch_batch([image, image[:100, :150]], [probs, probs[:, :100, :150]], "ssnet", device="cuda")
+    np.testing.assert_allclose(batched[1], dense_crf_torch(image[:100, :150], probs[:, :100, :150], "ssnet"), atol=1e-4)
