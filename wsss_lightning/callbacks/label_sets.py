@@ -21,6 +21,7 @@ from wsss_lightning.callbacks.wandb_media import log_label_set_artifact
 from wsss_lightning.data.collate import pad_collate
 from wsss_lightning.data.io import atomic_write_text
 from wsss_lightning.metrics import PseudoLabelQuality
+from wsss_lightning.pseudo.health import HEALTH_LOG_KEYS, HealthCounts
 from wsss_lightning.pseudo.jobs import run_label_job
 from wsss_lightning.pseudo.quality import quality_summary, score_label_dir
 from wsss_lightning.pseudo.writer import MANIFEST, PseudoLabelWriter, finalize_manifest, verified_entries
@@ -32,6 +33,7 @@ QUALITY_LOG_KEYS = {
     "pseudo_ignored_fraction": "pseudo/ignored_fraction",
     "cam_mIoU": "pseudo/cam_mIoU",
     "raw_cam_mIoU": "pseudo/raw_cam_mIoU",
+    **HEALTH_LOG_KEYS,
 }
 
 
@@ -80,6 +82,8 @@ class LabelSetRun:
         self.started = time.perf_counter()
         self.writer = PseudoLabelWriter(self.out_dir, self.config, rank=trainer.global_rank, workers=crf_workers)
         self.reused = 0
+        # CAM / affinity health counts of the images this rank ran (the label counts come from the manifest)
+        self.model_health = HealthCounts()
 
     def shard_loader(self, pending: list[int], batch_size: int, num_workers: int) -> DataLoader:
         """This rank's share of the pending ids (``pending[rank::world]``), full-size, padded batches."""
@@ -98,7 +102,21 @@ class LabelSetRun:
         for job in jobs:
             self.writer.submit(run_label_job, job)
         self._update_extra_metrics(batch, extras)
+        self._update_model_health(extras)
         return len(jobs)
+
+    def _update_model_health(self, extras: dict[str, Any]) -> None:
+        """CAM peaks of the present classes (``cam_peaks`` (B, K) + ``present`` (B, K)) and the affinity's row
+        figures (``affinity``: ``row_peak``, ``row_spread``, ``background_mass``, each (B,)) of one batch."""
+        if "cam_peaks" in extras:
+            peaks, present = extras["cam_peaks"].float().cpu(), extras["present"].bool().cpu()
+            for image_peaks, image_present in zip(peaks, present):
+                self.model_health.add_cam(image_peaks[image_present].tolist())
+        affinity = extras.get("affinity")
+        if affinity is not None:
+            rows = zip(*(affinity[k].float().cpu().tolist() for k in ("row_peak", "row_spread", "background_mass")))
+            for peak, spread, mass in rows:
+                self.model_health.add_affinity(peak, spread, None if mass != mass else mass)  # NaN: undefined
 
     def _update_extra_metrics(self, batch: dict[str, Any], extras: dict[str, Any]) -> None:
         """Score the method's extra label maps (``<name>_labels`` (B, H, W)) of the GT-scored ids."""
@@ -120,8 +138,19 @@ class LabelSetRun:
         # How many labels each rank wrote: their sum is the number of pending ids iff each was written once.
         per_rank = strategy.all_gather(torch.tensor([written], device=self.pl_module.device))
         per_rank = [int(v) for v in per_rank.reshape(-1).tolist()]
+        model_health = strategy.reduce(
+            torch.tensor(self.model_health.to_list(), dtype=torch.float64, device=self.pl_module.device),
+            reduce_op="sum",
+        )
+        health = HealthCounts.from_list(model_health.tolist())
         if self.trainer.is_global_zero:
-            finalize_manifest(self.out_dir, self.config, self.names, {"stage": self.stage, "kind": self.kind})
+            manifest = finalize_manifest(
+                self.out_dir, self.config, self.names, {"stage": self.stage, "kind": self.kind}
+            )
+            for per_image in manifest["stats"].values():
+                for stats in per_image:
+                    health.add_label(stats)
+        summary = strategy.broadcast(health.summary(), src=0)
         strategy.barrier("pseudo_label_manifest")
         record = {
             "stage": self.stage,
@@ -132,6 +161,7 @@ class LabelSetRun:
             "reused": reused,
             "seconds": round(time.perf_counter() - self.started, 2),
             **self._score(complete_extras=reused == 0),
+            **summary,
         }
         if self.trainer.is_global_zero:
             atomic_write_text(self.out_dir / "quality.json", json.dumps(record, indent=2))

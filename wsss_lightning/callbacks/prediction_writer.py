@@ -9,6 +9,7 @@ import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 
 from wsss_lightning.callbacks.label_sets import LabelSetRun, log_record
+from wsss_lightning.pseudo.health import HealthPolicy
 from wsss_lightning.data.io import write_grey_png, write_palette_png
 
 
@@ -71,3 +72,5 @@ class PseudoLabelSetWriter(Callback):
         assert self.run is not None
         self.record = self.run.finish(reused=self.reused)
         log_record(trainer, self.record)
+        # a set written on request is kept whatever its health; a degenerate one is announced loudly
+        HealthPolicy(action="warn").check(self.record, f"the label set in {self.out_dir}")

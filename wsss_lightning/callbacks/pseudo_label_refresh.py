@@ -35,6 +35,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from tqdm.auto import tqdm
 
 from wsss_lightning.callbacks.label_sets import LabelSetRun, label_config, log_record, pending_names
+from wsss_lightning.pseudo.health import HealthPolicy
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class PseudoLabelRefresh(Callback):
         num_workers: data-loading workers of the refresh loader.
         crf_workers: CPU processes for the CRF / PNG encoding (0 = inline).
         verify_checksums: check the sha256 of reused files when resuming a refresh.
+        health: when a label set counts as degenerate (no foreground, dead CAMs, an affinity that has not learned)
+            and whether that stops the run (default) or warns; see :class:`~wsss_lightning.pseudo.health.HealthPolicy`.
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class PseudoLabelRefresh(Callback):
         num_workers: int = 0,
         crf_workers: int = 0,
         verify_checksums: bool = True,
+        health: HealthPolicy | None = None,
     ) -> None:
         per_stage = [epochs_per_stage] * num_stages if isinstance(epochs_per_stage, int) else list(epochs_per_stage)
         if num_stages < 1 or len(per_stage) != num_stages or min(per_stage) < 1 or warmup_epochs < 0:
@@ -87,6 +91,7 @@ class PseudoLabelRefresh(Callback):
         self.num_workers = num_workers
         self.crf_workers = crf_workers
         self.verify_checksums = verify_checksums
+        self.health = health if health is not None else HealthPolicy()
         # State (saved in checkpoints).
         self.stage = -1 if warmup_epochs > 0 else 0  # -1 = warm-up
         self.label_sets: dict[int, str] = {}  # stage -> folder of the labels it trains on
@@ -261,6 +266,8 @@ class PseudoLabelRefresh(Callback):
         self.label_sets[stage] = str(out_dir)
         self.pending = None
         log_record(trainer, record)
+        # After the set is written, scored and logged (so it can be inspected): stop on a degenerate set.
+        self.health.check(record, f"the stage-{stage} label set ({kind}, {out_dir})")
 
     def _save_refresh_checkpoint(self, trainer: L.Trainer) -> None:
         callback = trainer.checkpoint_callback

@@ -8,7 +8,8 @@
 * after ``wsss test``: ``test/IoU_table``, ``test/saliency_table`` (every metric per saliency test set) and panels
   ``test_media/<id>``;
 * after every pseudo-label set of the stage pipeline: ``pseudo_quality/table`` (one row per set so far),
-  ``pseudo_quality/chart`` (mIoU / precision / recall against the stage) and panels ``pseudo_media/<id>``; the
+  ``pseudo_quality/chart`` (mIoU / precision / recall against the stage), ``pseudo_health/chart`` (empty labels,
+  dead CAMs, ignored pixels, affinity leak and spread against the stage) and panels ``pseudo_media/<id>``; the
   scalars ``pseudo/*`` (logged by the stage callback) are plotted against ``pseudo/stage``;
 * online runs only: the best (else the last) checkpoint as a ``model`` artifact at the end of ``fit``; label sets
   are uploaded as ``pseudo_labels`` artifacts by :func:`log_label_set_artifact` (called for every finished set).
@@ -65,7 +66,13 @@ __all__ = [
 
 QUALITY_COLUMNS = (
     "stage", "kind", "pseudo_mIoU", "pseudo_precision", "pseudo_recall", "pseudo_ignored_fraction", "cam_mIoU",
-    "raw_cam_mIoU", "images", "reused", "seconds",
+    "raw_cam_mIoU", "empty_label_fraction", "missing_class_fraction", "cam_empty_fraction", "label_ignored_fraction",
+    "affinity_row_peak", "affinity_background_mass", "affinity_row_spread", "images", "reused", "seconds",
+)  # fmt: skip
+#: health figures drawn in ``pseudo_health/chart`` (fractions in [0, 1], against the stage)
+HEALTH_CHART_KEYS = (
+    "empty_label_fraction", "missing_class_fraction", "cam_empty_fraction", "label_ignored_fraction",
+    "affinity_background_mass", "affinity_row_spread",
 )  # fmt: skip
 
 
@@ -338,15 +345,17 @@ class WandbMedia(Callback):
         path = getattr(callback, "best_model_path", "") or getattr(callback, "last_model_path", "")
         if not path or not Path(path).is_file():
             return
+        online = [logger for logger in wandb_loggers(trainer) if run_is_online(logger) and not logger._log_model]
+        if not online:  # inert without an online W&B logger: wandb is never imported then
+            return
         import wandb
 
         alias = "best" if path == getattr(callback, "best_model_path", "") else "last"
-        for logger in wandb_loggers(trainer):
-            if run_is_online(logger) and not logger._log_model:
-                run = logger.experiment
-                artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata={"path": str(path)})
-                artifact.add_file(str(path), name="model.ckpt")
-                run.log_artifact(artifact, aliases=["latest", alias])
+        for logger in online:
+            run = logger.experiment
+            artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata={"path": str(path)})
+            artifact.add_file(str(path), name="model.ckpt")
+            run.log_artifact(artifact, aliases=["latest", alias])
 
     # -------------------------------------------------------------------------------------- results
 
@@ -509,6 +518,16 @@ class WandbMedia(Callback):
                     xname="stage",
                 )
                 logger.log_metrics({"pseudo_quality/chart": chart}, step=step)
+            keys = [k for k in HEALTH_CHART_KEYS if any(k in r for r in records)]
+            if keys:  # a missing figure (e.g. no affinity before the first refresh) is drawn as 0
+                health = wandb.plot.line_series(
+                    xs=[r["stage"] for r in records],
+                    ys=[[float(r.get(k, 0.0)) for r in records] for k in keys],
+                    keys=keys,
+                    title="Pseudo-label health by stage",
+                    xname="stage",
+                )
+                logger.log_metrics({"pseudo_health/chart": health}, step=step)
         datamodule = trainer.datamodule
         if self.num_images and hasattr(datamodule, "refresh_dataset"):
             dataset = self._dataset("refresh", datamodule.refresh_dataset)

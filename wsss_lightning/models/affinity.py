@@ -227,6 +227,48 @@ class AffinityContext:
         out = _apply_rows(self._pairwise, flat, self.chunk_size)
         return out.view_as(values).to(values.dtype)
 
+    @torch.no_grad()
+    def row_statistics(self, foreground: Tensor) -> dict[str, Tensor]:
+        """Health figures of the pairwise affinity (see ``pseudo/health.py``), per image, float32 ``(B,)``.
+
+        Args:
+            foreground: ``(B, h, w)`` bool, e.g. the CAM above its threshold at feature resolution.
+
+        Returns:
+            ``row_peak``: mean over rows of ``max_j A(i, j) · N`` (1 = uniform rows); ``row_spread``: mean over rows of
+            ``½ Σ_j |A(i, j) − Ā(j)|`` with ``Ā`` the mean row (0 = identical rows); ``background_mass``: mean over
+            background rows of ``Σ_{j ∈ fg} A(i, j)`` (NaN when an image has no foreground or no background).
+            Without a pairwise term the identity gives ``row_peak = N``, ``row_spread = 1 − 1/N``, mass 0.
+        """
+        n = self.num_positions
+        fg = foreground.reshape(self.batch_size, n).to(self.device)
+        fg_float = fg.float()
+        if self._pairwise is None:
+            source: _RowSource = _DenseRows(torch.eye(n, device=self.device).expand(self.batch_size, n, n))
+        else:
+            source = self._pairwise
+        step = n if isinstance(source, _DenseRows) else max(1, min(self.chunk_size, MAX_BLOCK_ELEMENTS // n))
+        with _no_autocast(self.device):
+            column_sum = torch.zeros(self.batch_size, n, device=self.device)
+            peak = torch.zeros(self.batch_size, device=self.device)
+            mass = torch.zeros(self.batch_size, device=self.device)
+            for start in range(0, n, step):
+                rows = source.rows(start, min(start + step, n)).float()
+                column_sum += rows.sum(dim=1)
+                peak += rows.amax(dim=-1).sum(dim=1)
+                bg_rows = ~fg[:, start : start + rows.shape[1]]
+                mass += (torch.bmm(rows, fg_float.unsqueeze(-1)).squeeze(-1) * bg_rows).sum(dim=1)
+            mean_row = (column_sum / n).unsqueeze(1)
+            spread = torch.zeros(self.batch_size, device=self.device)
+            for start in range(0, n, step):  # second pass: distances to the mean row (rows recomputed if lazy)
+                rows = source.rows(start, min(start + step, n)).float()
+                spread += 0.5 * (rows - mean_row).abs().sum(dim=-1).sum(dim=1)
+        num_bg = (~fg).sum(dim=1)
+        defined = (num_bg > 0) & fg.any(dim=1)
+        background_mass = torch.where(defined, mass / num_bg.clamp_min(1), torch.full_like(mass, float("nan")))
+        # mean_i(max_j A(i, j) · N) = Σ_i max_j A(i, j)
+        return {"row_peak": peak, "row_spread": spread / n, "background_mass": background_mass}
+
     def refine(self, logits: Tensor) -> Tensor:
         """Prediction refinement ``R = [A^p L or L] + [1·(uᵀ L) if unary]`` (halved with ``average_terms``).
 

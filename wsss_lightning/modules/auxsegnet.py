@@ -224,12 +224,15 @@ class AuxSegNetModule(WSSSModule):
             with self._precision_context():
                 cams = multiscale_cam(self.network.forward_cam, images, tuple(hp.cam_scales), hp.cam_flip, labels)
             cams = cams.float()
+            cam_peaks = cams.amax(dim=(-2, -1))
             saliency = offshelf
             crf = None
         elif kind == "refined":
             with self._precision_context():
                 out = self.network(self.prepare_images(images))
-            cams = out.affinity.propagate(normalize_cam(out.cam.float()))
+            cam = normalize_cam(out.cam.float())
+            cam_peaks = cam.amax(dim=(-2, -1))
+            cams = out.affinity.propagate(cam)
             cams = upsample_cam(cams, (height, width))
             predicted = torch.sigmoid(F.interpolate(out.sal_refined.float(), (height, width), mode="bilinear"))[:, 0]
             saliency = torch.where(offshelf == 255, predicted, (predicted + offshelf) / 2)
@@ -237,10 +240,16 @@ class AuxSegNetModule(WSSSModule):
         else:
             raise ValueError(f"unknown pseudo-label kind {kind!r}")
         peak, peak_class = self._peak(cams, labels)
-        extras = {"cam_labels": self._cam_only_labels(peak, peak_class)}
+        present = labels > 0
+        extras: dict[str, Any] = {
+            "cam_labels": self._cam_only_labels(peak, peak_class), "cam_peaks": cam_peaks, "present": present,
+        }  # fmt: skip
         if kind == "refined":  # the same CAM without the affinity propagation: the "+ affinity" ablation
-            raw = upsample_cam(normalize_cam(out.cam.float()), (height, width))
+            raw = upsample_cam(cam, (height, width))
             extras["raw_cam_labels"] = self._cam_only_labels(*self._peak(raw, labels))
+            # health of the propagating affinity: CAM foreground (present classes, above threshold) at feature size
+            foreground = (cam * present[:, :, None, None]).amax(dim=1) > hp.cam_threshold
+            extras["affinity"] = out.affinity.row_statistics(foreground)
         jobs = []
         for index, (h, w) in enumerate(sizes):
             missing = bool((offshelf[index, :h, :w] == 255).all()) and kind == "initial"
@@ -259,6 +268,7 @@ class AuxSegNetModule(WSSSModule):
                     cam_threshold=hp.cam_threshold,
                     saliency_threshold=hp.fusion_saliency_threshold,
                     write_saliency=kind == "refined",
+                    classes=tuple(int(c) + 1 for c in torch.nonzero(present[index]).flatten().tolist()),
                 )
             )
         return jobs, extras

@@ -392,6 +392,7 @@ class SSNetModule(WSSSModule):
             labels = batch["cls_label"][index : index + 1].expand(len(images), -1)
             probs = self.label_probabilities(images, labels).cpu().numpy()
             write_gt = bool((gt != 255).any()) and (scored is None or bool(scored[index]))
+            classes = tuple(int(c) + 1 for c in torch.nonzero(batch["cls_label"][index] > 0).flatten().tolist())
             jobs = [
                 CRFLabelJob(
                     name=f"{name}_{copy}",
@@ -401,6 +402,7 @@ class SSNetModule(WSSSModule):
                     crf=crf,
                     save_image=True,
                     gt=gts[copy] if write_gt else None,
+                    classes=classes,
                 )
                 for copy in range(len(images))
             ]

@@ -1,7 +1,8 @@
 """CPU jobs that turn model outputs into pseudo-label files (run in worker processes; pure numpy).
 
-Each job writes its files atomically under the set's folder and returns ``{"name", "files": {rel: sha256}}``
-for the manifest. Jobs are plain dataclasses so they pickle to workers cheaply.
+Each job writes its files atomically under the set's folder and returns ``{"name", "files": {rel: sha256},
+"stats": [...]}`` for the manifest (``stats``: the :func:`~wsss_lightning.pseudo.health.label_statistics` of each
+label map the entry wrote). Jobs are plain dataclasses so they pickle to workers cheaply.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from wsss_lightning.data.io import atomic_write_bytes, grey_png_bytes, palette_png_bytes
 from wsss_lightning.pseudo.crf import CRFParams, dense_crf, saliency_crf
 from wsss_lightning.pseudo.fusion import CAM_THRESHOLD, SALIENCY_THRESHOLD, fuse_peak_saliency
+from wsss_lightning.pseudo.health import label_statistics
 
 
 def _write(out_dir: Path, relative: str, data: bytes) -> tuple[str, str]:
@@ -36,6 +38,7 @@ class FusionJob:
         image: ``uint8 (H, W, 3)`` for the saliency CRF (None without CRF).
         saliency_crf: CRF parameters, or None to fuse the saliency as is (initial labels, §2.7).
         write_saliency: also write the (CRF-refined) saliency as the next stage's saliency pseudo-label.
+        classes: the image-level classes (1..C-1), for the label's health statistics.
     """
 
     name: str
@@ -49,6 +52,7 @@ class FusionJob:
     cam_threshold: float = CAM_THRESHOLD
     saliency_threshold: float = SALIENCY_THRESHOLD
     write_saliency: bool = False
+    classes: tuple[int, ...] = ()
 
 
 def run_fusion_job(job: FusionJob) -> dict:
@@ -63,7 +67,7 @@ def run_fusion_job(job: FusionJob) -> dict:
     if job.write_saliency:
         rel, digest = _write(out_dir, f"sal/{job.name}.png", grey_png_bytes(np.clip(saliency, 0.0, 1.0)))
         files[rel] = digest
-    return {"name": job.name, "files": files}
+    return {"name": job.name, "files": files, "stats": [label_statistics(label, job.classes)]}
 
 
 @dataclass
@@ -79,6 +83,7 @@ class CRFLabelJob:
         save_image: write the image too (SSNet stage 2 trains on the augmented copies).
         gt: ``uint8 (H, W)`` ground truth warped with the copy's geometry, written as ``gt/<name>.png`` so the
             copy's label can be scored (None: not written).
+        classes: the image-level classes (1..C-1), for the label's health statistics.
     """
 
     name: str
@@ -88,6 +93,7 @@ class CRFLabelJob:
     crf: CRFParams | None = None
     save_image: bool = True
     gt: np.ndarray | None = None
+    classes: tuple[int, ...] = ()
 
 
 def run_crf_label_job(job: CRFLabelJob) -> dict:
@@ -105,7 +111,7 @@ def run_crf_label_job(job: CRFLabelJob) -> dict:
     if job.gt is not None:
         rel, digest = _write(out_dir, f"gt/{job.name}.png", palette_png_bytes(job.gt.astype(np.uint8)))
         files[rel] = digest
-    return {"name": job.name, "files": files}
+    return {"name": job.name, "files": files, "stats": [label_statistics(label, job.classes)]}
 
 
 @dataclass
@@ -122,9 +128,12 @@ class LabelJobGroup:
 
 def run_label_job_group(group: LabelJobGroup) -> dict:
     files: dict[str, str] = {}
+    stats: list[dict[str, int]] = []
     for job in group.jobs:
-        files.update(run_label_job(job)["files"])
-    return {"name": group.name, "files": files}
+        result = run_label_job(job)
+        files.update(result["files"])
+        stats.extend(result["stats"])  # every copy counts as one labelled image
+    return {"name": group.name, "files": files, "stats": stats}
 
 
 def run_label_job(job: FusionJob | CRFLabelJob | LabelJobGroup) -> dict:

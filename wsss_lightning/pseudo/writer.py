@@ -44,15 +44,18 @@ def sha256_file(path: Path) -> str | None:
         return None
 
 
-def _read_entries(out_dir: Path, expected_hash: str) -> dict[str, dict[str, str]]:
-    """Entries (name -> {relative file: sha256}) from the merged manifest and every rank's shard."""
+def _read_records(out_dir: Path, expected_hash: str) -> tuple[dict[str, dict[str, str]], dict[str, list]]:
+    """Entries (name -> {relative file: sha256}) and label statistics (name -> list of
+    :func:`~wsss_lightning.pseudo.health.label_statistics`) from the merged manifest and every rank's shard."""
     entries: dict[str, dict[str, str]] = {}
+    stats: dict[str, list] = {}
     merged = out_dir / MANIFEST
     if merged.is_file():
         try:
             data = json.loads(merged.read_text())
             if data.get("config_hash") == expected_hash:
                 entries.update(data.get("files", {}))
+                stats.update(data.get("stats", {}))
         except (json.JSONDecodeError, OSError):
             log.warning("%s is unreadable; regenerating its entries", merged)
     for shard in sorted(out_dir.glob("manifest.rank*.jsonl")):
@@ -63,7 +66,14 @@ def _read_entries(out_dir: Path, expected_hash: str) -> dict[str, dict[str, str]
                 continue  # a line cut by a crash
             if record.get("config_hash") == expected_hash:
                 entries[record["name"]] = record["files"]
-    return entries
+                if "stats" in record:
+                    stats[record["name"]] = record["stats"]
+    return entries, stats
+
+
+def _read_entries(out_dir: Path, expected_hash: str) -> dict[str, dict[str, str]]:
+    """Entries (name -> {relative file: sha256}) from the merged manifest and every rank's shard."""
+    return _read_records(out_dir, expected_hash)[0]
 
 
 def verified_entries(out_dir: Path, expected_hash: str, verify: bool = True) -> dict[str, dict[str, str]]:
@@ -125,7 +135,10 @@ class PseudoLabelWriter:
             self._collect(block_on_first=False)
 
     def _record(self, result: Mapping[str, Any]) -> None:
-        line = json.dumps({"name": result["name"], "files": result["files"], "config_hash": self.config_hash})
+        record = {"name": result["name"], "files": result["files"], "config_hash": self.config_hash}
+        if "stats" in result:
+            record["stats"] = result["stats"]
+        line = json.dumps(record)
         self._shard.write(line + "\n")
         self._shard.flush()
         self.written += 1
@@ -163,10 +176,13 @@ class PseudoLabelWriter:
 def finalize_manifest(
     out_dir: str | Path, config: Mapping[str, Any], expected: Iterable[str], extra: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Merge the shards into ``manifest.json`` (rank 0, after every rank finished). Raises if names are missing."""
+    """Merge the shards into ``manifest.json`` (rank 0, after every rank finished). Raises if names are missing.
+
+    The manifest holds ``files`` (name -> {relative path: sha256}) and ``stats`` (name -> the label statistics of
+    the maps it wrote, for the set's health figures; absent for entries of older sets)."""
     out_dir = Path(out_dir)
     digest = config_hash(config)
-    entries = _read_entries(out_dir, digest)
+    entries, stats = _read_records(out_dir, digest)
     expected = list(expected)
     missing = [name for name in expected if name not in entries]
     if missing:
@@ -177,6 +193,7 @@ def finalize_manifest(
         "config_hash": digest,
         "count": len(expected),
         "files": {name: entries[name] for name in expected},
+        "stats": {name: stats[name] for name in expected if name in stats},
         **dict(extra or {}),
     }
     atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True, default=str))

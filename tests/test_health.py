@@ -1,0 +1,126 @@
+"""Pseudo-label health figures (pseudo/health.py) and the affinity row statistics, against hand-computed values."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from wsss_lightning.models.affinity import AffinityContext, _DenseRows, _EmbeddedRows
+from wsss_lightning.pseudo.health import DegenerateLabelsError, HealthCounts, HealthPolicy, label_statistics
+
+
+def test_label_statistics_counts_empty_missing_and_ignored_pixels() -> None:
+    label = np.array([[0, 0, 3, 3], [0, 255, 3, 255]], dtype=np.uint8)
+    stats = label_statistics(label, classes=[3, 7])
+    assert stats == {"pixels": 8, "ignored_pixels": 2, "empty": 0, "classes": 2, "missing_classes": 1}
+    background = np.zeros((3, 3), np.uint8)
+    assert label_statistics(background, classes=[1]) == {
+        "pixels": 9, "ignored_pixels": 0, "empty": 1, "classes": 1, "missing_classes": 1,
+    }  # fmt: skip
+    only_ignored = np.full((2, 2), 255, np.uint8)
+    assert label_statistics(only_ignored, classes=[])["empty"] == 1  # 255 is not foreground
+
+
+def test_counts_summary_and_round_trip_through_a_reduction_vector() -> None:
+    counts = HealthCounts()
+    counts.add_label({"pixels": 10, "ignored_pixels": 2, "empty": 1, "classes": 1, "missing_classes": 1})
+    counts.add_label({"pixels": 30, "ignored_pixels": 0, "empty": 0, "classes": 2, "missing_classes": 0})
+    counts.add_cam([0.99999, 0.0, 0.7])  # the second class never fired
+    counts.add_affinity(row_peak=2.0, row_spread=0.4, background_mass=0.1)
+    counts.add_affinity(row_peak=4.0, row_spread=0.2, background_mass=None)
+    summary = counts.summary()
+    assert summary == pytest.approx(
+        {
+            "empty_label_fraction": 0.5,
+            "missing_class_fraction": 1 / 3,
+            "label_ignored_fraction": 2 / 40,
+            "cam_empty_fraction": 1 / 3,
+            "affinity_row_peak": 3.0,
+            "affinity_row_spread": 0.3,
+            "affinity_background_mass": 0.1,
+        }
+    )
+    again = HealthCounts.from_list(counts.to_list())
+    assert again == counts and isinstance(again.images, int) and isinstance(again.row_peak, float)
+    assert counts.merge(counts).summary()["empty_label_fraction"] == 0.5
+    assert HealthCounts().summary() == {}
+
+
+def test_policy_stops_a_set_without_foreground_with_cause_and_fix() -> None:
+    summary = {"empty_label_fraction": 0.71, "cam_empty_fraction": 0.2, "label_ignored_fraction": 0.3}
+    with pytest.raises(DegenerateLabelsError) as info:
+        HealthPolicy().check(summary, "the stage-0 label set")
+    message = str(info.value)
+    assert "71 % of the labels hold no foreground pixel" in message
+    assert "the classifier never fires for the images' own classes: train the warm-up longer, raise the learning rate, " \
+        "or load pretrained weights" in message  # fmt: skip
+    assert "health.action: warn" in message
+
+
+def test_policy_warns_or_stays_quiet_on_request(caplog: pytest.LogCaptureFixture) -> None:
+    summary = {"cam_empty_fraction": 0.9, "affinity_row_spread": 0.01}
+    with caplog.at_level(logging.WARNING):
+        found = HealthPolicy(action="warn").check(summary, "a set")
+    assert len(found) == 2 and "the affinity has not learned" in caplog.text
+    assert HealthPolicy(action="off").check(summary, "a set") == []
+    healthy = {"empty_label_fraction": 0.1, "cam_empty_fraction": 0.0, "affinity_row_spread": 0.6}
+    assert HealthPolicy().check(healthy, "a set") == []
+
+
+def _context(matrix: torch.Tensor, size: tuple[int, int]) -> AffinityContext:
+    return AffinityContext(
+        size, matrix.shape[0], matrix.device, _DenseRows(matrix), None, chunk_size=4096, average_terms=False
+    )
+
+
+def test_row_statistics_of_uniform_identity_and_hand_made_affinities() -> None:
+    n = 4
+    uniform = torch.full((1, n, n), 1 / n)
+    fg = torch.tensor([[[True, False], [False, False]]])
+    stats = _context(uniform, (2, 2)).row_statistics(fg)
+    assert stats["row_peak"].item() == pytest.approx(1.0)  # an affinity that has not learned
+    assert stats["row_spread"].item() == pytest.approx(0.0)
+    assert stats["background_mass"].item() == pytest.approx(0.25)  # every bg row puts 1/4 on the fg position
+
+    identity = torch.eye(n)[None]
+    stats = _context(identity, (2, 2)).row_statistics(fg)
+    assert stats["row_peak"].item() == pytest.approx(n)
+    assert stats["row_spread"].item() == pytest.approx(1 - 1 / n)  # ½(|1 − ¼| + 3·¼) = ¾
+    assert stats["background_mass"].item() == pytest.approx(0.0)
+
+    # rows: position 0 (fg) keeps itself; background rows leak 0.5, 0.2, 0 onto position 0
+    leaky = torch.tensor([[[1.0, 0, 0, 0], [0.5, 0.5, 0, 0], [0.2, 0, 0.8, 0], [0, 0, 0, 1.0]]])
+    stats = _context(leaky, (2, 2)).row_statistics(fg)
+    assert stats["background_mass"].item() == pytest.approx((0.5 + 0.2 + 0.0) / 3)
+    assert stats["row_peak"].item() == pytest.approx(1.0 + 0.5 + 0.8 + 1.0)
+    mean_row = leaky[0].mean(0)
+    spread = sum(0.5 * (leaky[0, i] - mean_row).abs().sum().item() for i in range(n)) / n
+    assert stats["row_spread"].item() == pytest.approx(spread)
+
+
+def test_row_statistics_undefined_mass_and_identity_without_pairwise_term() -> None:
+    uniform = torch.full((2, 4, 4), 0.25)
+    fg = torch.tensor([[[False, False], [False, False]], [[True, True], [True, True]]])
+    mass = _context(uniform, (2, 2)).row_statistics(fg)["background_mass"]
+    assert math.isnan(mass[0].item()) and math.isnan(mass[1].item())
+    none = AffinityContext((2, 2), 1, torch.device("cpu"), None, None, chunk_size=4096, average_terms=False)
+    stats = none.row_statistics(torch.tensor([[[True, False], [False, False]]]))
+    assert stats["row_peak"].item() == pytest.approx(4.0) and stats["background_mass"].item() == 0.0
+
+
+def test_chunked_row_statistics_equal_the_dense_ones() -> None:
+    torch.manual_seed(0)
+    theta, phi = torch.randn(2, 30, 8), torch.randn(2, 8, 30)
+    dense = torch.softmax(torch.bmm(theta, phi), dim=-1)
+    fg = torch.rand(2, 5, 6) > 0.6
+    expected = _context(dense, (5, 6)).row_statistics(fg)
+    lazy = AffinityContext(
+        (5, 6), 2, torch.device("cpu"), _EmbeddedRows(theta, phi), None, chunk_size=7, average_terms=False
+    )
+    got = lazy.row_statistics(fg)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], equal_nan=True)
