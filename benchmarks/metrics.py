@@ -196,7 +196,7 @@ def bench_loading(args: argparse.Namespace) -> int:
     import tempfile
 
     from wsss_lightning.data.datamodule import WSSSDataModule
-    from wsss_lightning.data.demo import DEMO_CLASSES, generate_demo
+    from wsss_lightning.data.demo import generate_demo
 
     count = args.loading_images
     rows = []
@@ -207,8 +207,8 @@ def bench_loading(args: argparse.Namespace) -> int:
         )  # fmt: skip
         for workers in (0, 2):
             datamodule = WSSSDataModule(
-                root=f"{folder}/VOCdevkit/VOC2012", dataset="custom", class_names=list(DEMO_CLASSES),
-                saliency_dir="../../saliency_maps", crop_size=321, batch_size=4, num_workers=workers,
+                root=f"{folder}/VOCdevkit/VOC2012", dataset="voc", saliency_dir="saliency_map", crop_size=321,
+                batch_size=4, num_workers=workers,
                 persistent_workers=True, check="off",
             )  # fmt: skip
             for name, loader in (("train (crop 321, batch 4)", datamodule.train_dataloader()),

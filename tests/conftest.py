@@ -20,7 +20,8 @@ import pytest  # noqa: E402
 def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The --tiny demo dataset (seed 0), generated once per session. Read-only: use ``tiny_demo_copy`` to break it.
 
-    Layout: ``VOCdevkit/VOC2012/...``, ``saliency_maps/``, ``DUTS/DUTS-{TR,TE}/``, ``ECSSD/`` (see data/demo.py).
+    Layout: ``VOCdevkit/VOC2012/...`` (with ``saliency_map/``), ``DUTS-{TR,TE}/``, ``ECSSD/`` (see data/demo.py);
+    the 21 VOC classes, so ``dataset="voc"`` reads it without ``class_names``.
     """
     from wsss_lightning.data.demo import TINY_SETTINGS, generate_demo
 

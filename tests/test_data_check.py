@@ -17,7 +17,6 @@ from PIL import Image
 from wsss_lightning.cli import main
 from wsss_lightning.data.check import _truncated, check_datamodule
 from wsss_lightning.data.datamodule import WSSSDataModule
-from wsss_lightning.data.demo import DEMO_CLASSES
 from wsss_lightning.data.io import DatasetError, read_label, write_grey_png, write_palette_png
 
 VOC = Path("VOCdevkit/VOC2012")
@@ -26,9 +25,8 @@ VOC = Path("VOCdevkit/VOC2012")
 def _settings(demo: Path) -> dict:
     return {
         "root": str(demo / VOC),
-        "dataset": "custom",
-        "class_names": list(DEMO_CLASSES),
-        "saliency_dir": str(demo / "saliency_maps"),  # absolute: not re-rooted
+        "dataset": "voc",  # the demo uses the VOC classes: no class_names
+        "saliency_dir": str(demo / VOC / "saliency_map"),  # absolute: not re-rooted
         "saliency_test_sets": {"ECSSD": "../../ECSSD"},  # relative: resolved against root
         "num_workers": 0,
     }
@@ -50,8 +48,7 @@ def _config(demo: Path, tmp_path: Path) -> Path:
         "  class_path: wsss_lightning.data.WSSSDataModule",
         "  init_args:",
         f"    root: {settings['root']}",
-        "    dataset: custom",
-        f"    class_names: [{', '.join(DEMO_CLASSES)}]",
+        "    dataset: voc",
         f"    saliency_dir: {settings['saliency_dir']}",
         "    saliency_test_sets: {ECSSD: ../../ECSSD}",
         "    num_workers: 0",
@@ -111,8 +108,8 @@ def _truncate_jpeg(demo: Path) -> tuple[str, str | None]:
 
 def _saliency_wrong_size(demo: Path) -> tuple[str, str | None]:
     name = _ids(demo, "train_aug")[0]
-    write_grey_png(demo / "saliency_maps" / f"{name}.png", np.zeros((20, 30), np.uint8))
-    return f"saliency_maps/{name}.png", "train_aug.txt line 1"
+    write_grey_png(demo / VOC / "saliency_map" / f"{name}.png", np.zeros((20, 30), np.uint8))
+    return f"saliency_map/{name}.png", "train_aug.txt line 1"
 
 
 def _listed_but_absent(demo: Path) -> tuple[str, str | None]:

@@ -1,4 +1,4 @@
-"""WSSSDataModule on the tiny demo (dataset="custom") and on a hand-built COCO layout."""
+"""WSSSDataModule on the tiny demo (dataset="voc": the demo uses the VOC classes) and on a hand-built COCO layout."""
 
 from __future__ import annotations
 
@@ -24,9 +24,8 @@ C = len(DEMO_CLASSES)
 
 def _dm(demo: Path, **kwargs) -> WSSSDataModule:
     settings = dict(
-        dataset="custom",
-        class_names=list(DEMO_CLASSES),
-        saliency_dir="../../saliency_maps",
+        dataset="voc",
+        saliency_dir="saliency_map",
         crop_size=48,
         batch_size=4,
         num_workers=0,
@@ -90,7 +89,7 @@ def test_full_size_train_samples_serve_gt_and_saliency_maps(tiny_demo: Path) -> 
     np.testing.assert_array_equal(
         sample["seg"].numpy(), read_label(tiny_demo / VOC / "SegmentationClassAug" / f"{name}.png")
     )
-    grey = read_saliency(tiny_demo / "saliency_maps" / f"{name}.png")
+    grey = read_saliency(tiny_demo / VOC / "saliency_map" / f"{name}.png")
     np.testing.assert_allclose(sample["sal"].numpy(), grey / np.float32(255), atol=1e-7)
 
 
@@ -177,7 +176,7 @@ def test_loader_names_match_the_val_and_test_dataloaders(tiny_demo: Path) -> Non
         test_split="train",
         eval_batch_size=2,
         saliency_val_sets={"ecssd": "../../ECSSD"},
-        saliency_test_sets={"duts-te": "../../DUTS", "ECSSD": "../../ECSSD"},
+        saliency_test_sets={"duts-te": "../../DUTS-TE", "ECSSD": "../../ECSSD"},
     )
     assert dm.loader_names("validate") == ["seg/val", "sal/ECSSD"]
     assert dm.loader_names("test") == ["seg/train", "sal/DUTS-TE", "sal/ECSSD"]
@@ -199,7 +198,7 @@ def test_loader_names_match_the_val_and_test_dataloaders(tiny_demo: Path) -> Non
 
 
 def test_saliency_train_root_gives_combined_batches(tiny_demo: Path) -> None:
-    dm = _dm(tiny_demo, saliency_train_root="../../DUTS/DUTS-TR", saliency_batch_size=3, train_target="gt")
+    dm = _dm(tiny_demo, saliency_train_root="../../DUTS-TR", saliency_batch_size=3, train_target="gt")
     loader = dm.train_dataloader()
     assert isinstance(loader, CombinedLoader)
     torch.manual_seed(0)
@@ -225,7 +224,7 @@ def test_refresh_dataset_serves_raw_images_gt_and_the_original_saliency(tiny_dem
     sample = dataset[0]
     assert "raw" in sample and sample["raw"].dtype == torch.uint8 and sample["raw"].shape[-1] == 3
     name = sample["name"]
-    grey = read_saliency(tiny_demo / "saliency_maps" / f"{name}.png")
+    grey = read_saliency(tiny_demo / VOC / "saliency_map" / f"{name}.png")
     np.testing.assert_allclose(sample["sal"].numpy(), grey / np.float32(255), atol=1e-7)  # not the zeros
     np.testing.assert_array_equal(
         sample["seg"].numpy(), read_label(tiny_demo / VOC / "SegmentationClassAug" / f"{name}.png")
@@ -252,12 +251,13 @@ def test_relative_folders_resolve_against_root_and_absolute_ones_do_not(tiny_dem
     root = tiny_demo / VOC
     dm = _dm(tiny_demo)
     assert dm.path("SegmentationClass") == root / "SegmentationClass"
-    assert dm.path("../../saliency_maps") == root / "../../saliency_maps"
-    assert dm.path(str(tiny_demo / "saliency_maps")) == tiny_demo / "saliency_maps"
+    assert dm.path("saliency_map") == root / "saliency_map"
+    assert dm.path("../../ECSSD") == root / "../../ECSSD"
+    assert dm.path(str(tiny_demo / "ECSSD")) == tiny_demo / "ECSSD"
     assert dm.path("{split}2014", "val") == root / "val2014"
     assert dm.path(None) is None
     relative = _dm(tiny_demo, augmentation="none").train_dataset()[3]["sal"]
-    absolute = _dm(tiny_demo, augmentation="none", saliency_dir=str(tiny_demo / "saliency_maps"))
+    absolute = _dm(tiny_demo, augmentation="none", saliency_dir=str(root / "saliency_map"))
     torch.testing.assert_close(absolute.train_dataset()[3]["sal"], relative)
     assert _dm(tiny_demo, image_dir=str(root / "JPEGImages")).image_dir("val") == root / "JPEGImages"
     assert _dm(tiny_demo).train_gt_dir() == root / "SegmentationClassAug"

@@ -24,7 +24,7 @@ def _dataset(demo: Path, split: str = "train_aug", **kwargs) -> SegmentationData
     defaults = dict(
         labels=ImageLabels("xml", C, DEMO_CLASSES, annotation_dir=root / "Annotations"),
         seg_dir=root / "SegmentationClassAug",
-        sal_dir=demo / "saliency_maps",
+        sal_dir=root / "saliency_map",
     )
     defaults.update(kwargs)
     return SegmentationDataset(
@@ -34,7 +34,7 @@ def _dataset(demo: Path, split: str = "train_aug", **kwargs) -> SegmentationData
 
 def test_sample_keys_dtypes_and_values(tiny_demo: Path) -> None:
     dataset = _dataset(tiny_demo)
-    assert len(dataset) == 24 and dataset.ids[0] == "2026_000001"
+    assert len(dataset) == 24 and dataset.ids == sorted(dataset.ids) and dataset.ids[0].startswith("2026_")
     sample = dataset[0]
     assert set(sample) == {"image", "cls_label", "seg", "sal", "name", "ori_size", "index"}
     name = sample["name"]
@@ -48,7 +48,7 @@ def test_sample_keys_dtypes_and_values(tiny_demo: Path) -> None:
     np.testing.assert_array_equal(sample["seg"].numpy(), gt)
     assert 255 in gt  # the demo's boundary band survives
     assert sample["sal"].dtype == torch.float32
-    grey = read_saliency(tiny_demo / "saliency_maps" / f"{name}.png")
+    grey = read_saliency(tiny_demo / VOC / "saliency_map" / f"{name}.png")
     np.testing.assert_allclose(sample["sal"].numpy(), grey / np.float32(255.0), atol=1e-7)
     assert sample["sal"].min() >= 0.0 and sample["sal"].max() <= 1.0
     assert sample["cls_label"].dtype == torch.float32 and sample["cls_label"].shape == (C - 1,)
@@ -87,12 +87,12 @@ def test_return_raw_and_transform(tiny_demo: Path) -> None:
 
 def test_required_maps_missing_name_the_file_and_list_line(tiny_demo_copy: Path) -> None:
     ids = _dataset(tiny_demo_copy).ids
-    (tiny_demo_copy / "saliency_maps" / f"{ids[3]}.png").unlink()
+    (tiny_demo_copy / VOC / "saliency_map" / f"{ids[3]}.png").unlink()
     dataset = _dataset(tiny_demo_copy, sal_required=True)
     with pytest.raises(DatasetError) as error:
         dataset[3]
     message = str(error.value)
-    assert f"saliency_maps/{ids[3]}.png is missing" in message and "train_aug.txt line 4" in message
+    assert f"saliency_map/{ids[3]}.png is missing" in message and "train_aug.txt line 4" in message
     assert torch.all(_dataset(tiny_demo_copy)[3]["sal"] == 255.0)  # optional: ignored instead
 
 
@@ -107,17 +107,17 @@ def test_missing_image_names_the_file_and_list_line(tiny_demo: Path, tmp_path: P
 
 def test_size_mismatch_and_bad_mask_values_are_errors(tiny_demo_copy: Path) -> None:
     ids = _dataset(tiny_demo_copy).ids
-    write_grey_png(tiny_demo_copy / "saliency_maps" / f"{ids[0]}.png", np.zeros((10, 12), np.uint8))
-    with pytest.raises(DatasetError, match=rf"saliency_maps/{ids[0]}\.png is 12x10 but .*{ids[0]}\.jpg is"):
+    write_grey_png(tiny_demo_copy / VOC / "saliency_map" / f"{ids[0]}.png", np.zeros((10, 12), np.uint8))
+    with pytest.raises(DatasetError, match=rf"saliency_map/{ids[0]}\.png is 12x10 but .*{ids[0]}\.jpg is"):
         _dataset(tiny_demo_copy)[0]
     mask_path = tiny_demo_copy / VOC / "SegmentationClassAug" / f"{ids[1]}.png"
     mask = read_label(mask_path)
-    mask[0, 0], mask[1, 1] = 37, 6
+    mask[0, 0], mask[1, 1] = 37, 21
     write_grey_png(mask_path, mask)
     with pytest.raises(DatasetError) as error:
         _dataset(tiny_demo_copy)[1]
     message = str(error.value)
-    assert f"{ids[1]}.png holds class values [6, 37] outside 0..5 and 255" in message
+    assert f"{ids[1]}.png holds class values [21, 37] outside 0..20 and 255" in message
     assert "train_aug.txt line 2" in message
 
 

@@ -196,8 +196,9 @@ def test_saliency_dataset_size_mismatch_names_the_mask(tmp_path: Path) -> None:
 
 def test_demo_saliency_sets_load(tiny_demo: Path) -> None:
     assert len(SaliencyDataset(tiny_demo / "ECSSD", "ECSSD")) == 6
-    assert len(SaliencyDataset(tiny_demo / "DUTS", "DUTS-TE")) == 6
-    train = SaliencyDataset(tiny_demo / "DUTS" / "DUTS-TR", "DUTS-TR")
+    assert len(SaliencyDataset(tiny_demo / "DUTS-TE", "DUTS-TE")) == 6
+    assert len(SaliencyDataset(tiny_demo, "DUTS-TE")) == 6  # the download folder holding the unpacked archives
+    train = SaliencyDataset(tiny_demo / "DUTS-TR", "DUTS-TR")
     assert len(train) == 12
     sal = train[0]["sal"]
     assert set(sal.unique().tolist()) <= {0.0, 1.0}  # DUTS-style binary masks

@@ -31,9 +31,10 @@ from wsss_lightning.data.transforms import RotateCropResize
 from wsss_lightning.models.ssnet import SSNetStage1, SSNetStage2
 from wsss_lightning.modules import SSNetModule
 from wsss_lightning.modules.ssnet import augmentation_seed
+from wsss_lightning.pseudo.health import HealthPolicy
 from wsss_lightning.pseudo.jobs import CRFLabelJob, LabelJobGroup, run_label_job
 
-NUM_CLASSES = len(DEMO_CLASSES)  # 6: background + 5 shapes
+NUM_CLASSES = len(DEMO_CLASSES)  # 21: background + the 20 VOC classes
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -67,11 +68,10 @@ def _module(**kwargs) -> SSNetModule:
 
 def _datamodule(demo: Path, **kwargs) -> WSSSDataModule:
     options = dict(
-        dataset="custom",
-        class_names=list(DEMO_CLASSES),
+        dataset="voc",  # the demo holds the 21 VOC classes
         augmentation="rotate_crop_resize",
         crop_size=64,
-        saliency_train_root="../../DUTS",
+        saliency_train_root="../../DUTS-TR",
         saliency_val_sets={"ECSSD": "../../ECSSD"},
         batch_size=4,
         num_workers=0,
@@ -82,7 +82,8 @@ def _datamodule(demo: Path, **kwargs) -> WSSSDataModule:
 
 def _joint_batch() -> dict[str, dict[str, torch.Tensor]]:
     generator = torch.Generator().manual_seed(1)
-    labels = torch.tensor([[1, 0, 0, 1, 0], [0, 1, 0, 0, 0]], dtype=torch.float32)
+    labels = torch.zeros(2, NUM_CLASSES - 1)
+    labels[0, [0, 3]] = labels[1, 1] = 1.0
     seg = torch.randint(0, NUM_CLASSES, (2, 64, 64), generator=generator, dtype=torch.uint8)
     seg[:, :4] = 255
     sal = (torch.rand(2, 64, 64, generator=generator) > 0.5).float()
@@ -275,7 +276,8 @@ def test_label_jobs_are_deterministic_copies_named_id_t(demo: Path) -> None:
         gt = batch["seg"][index, :height, :width].numpy()
         for t, (job, same) in enumerate(zip(group.jobs, repeat.jobs)):
             assert isinstance(job, CRFLabelJob) and job.save_image and job.crf is not None
-            assert job.image.shape == (64, 64, 3) and job.image.dtype == np.uint8 and job.probs.shape == (6, 64, 64)
+            assert job.image.shape == (64, 64, 3) and job.image.dtype == np.uint8
+            assert job.probs.shape == (NUM_CLASSES, 64, 64)
             np.testing.assert_array_equal(job.image, same.image)  # same seed -> same copy
             np.testing.assert_array_equal(job.probs, same.probs)
             # the copy is RotateCropResize seeded by (id, t); the GT is warped with the same geometry
@@ -377,9 +379,10 @@ def _trainer(tmp_path: Path, callbacks: list[Callback]) -> L.Trainer:
 
 def test_stage_one_labels_stage_two(demo: Path, tmp_path: Path) -> None:
     module = _module(num_augmentations=2, lr=1e-3, stage2_lr=2e-3)
+    # two training batches cannot teach 20 classes: the labels are degenerate, and this test is about the mechanics
     refresh = PseudoLabelRefresh(
         output_dir=str(tmp_path / "labels"), num_stages=2, epochs_per_stage=1, initial_labels="none",
-        refresh_after_last_stage=False,
+        refresh_after_last_stage=False, health=HealthPolicy(action="off"),
     )  # fmt: skip
     recorder = _Recorder()
     trainer = _trainer(tmp_path, [refresh, recorder])
@@ -456,7 +459,10 @@ def _cli_config(demo: Path, run: Path) -> Path:
         callbacks=[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                     "init_args": {"dirpath": str(run / "checkpoints"), "save_last": True, "save_top_k": 0}}],
     )  # fmt: skip
-    config["stages"]["init_args"].update(output_dir=str(run / "labels"), epochs_per_stage=[1, 1], crf_workers=0)
+    # two batches per stage cannot teach the demo's 20 classes: the labels are degenerate, so the check only warns
+    config["stages"]["init_args"].update(
+        output_dir=str(run / "labels"), epochs_per_stage=[1, 1], crf_workers=0, health={"action": "warn"}
+    )
     model = config["model"]["init_args"]
     for key in ("stage1", "stage2"):
         model[key]["init_args"]["backbone"] = "test_resnet"

@@ -173,7 +173,7 @@ def test_build_panel_order_captions_masks_and_downscaling():
     cam = np.zeros((5, 40, 80), dtype=np.float32)
     cam[0, 10:30, 10:30] = 1.0
     maps = {"cam": cam, "refined_cam": cam * 0.5, "saliency": np.full((40, 80), 0.5, np.float32)}
-    names = list(DEMO_CLASSES)
+    names = ["background", "disc", "square", "triangle", "star", "ring"]
     panel = build_panel(
         "img", image, names, present=[0, 2, 3], ground_truth=gt, prediction=prediction, maps=maps,
         offshelf_saliency=np.ones((40, 80), np.float32), max_classes=2, max_side=40,
@@ -433,8 +433,8 @@ def test_wsss_data_check_shows_progress_bars_per_split(tiny_demo, tmp_path, caps
     from wsss_lightning.cli import main
 
     config = {"data": {"class_path": "wsss_lightning.data.WSSSDataModule", "init_args": {
-        "root": str(tiny_demo / "VOCdevkit" / "VOC2012"), "dataset": "custom", "class_names": list(DEMO_CLASSES),
-        "saliency_dir": "../../saliency_maps"}}}  # fmt: skip
+        "root": str(tiny_demo / "VOCdevkit" / "VOC2012"), "dataset": "voc",
+        "saliency_dir": "saliency_map"}}}  # fmt: skip
     path = tmp_path / "data.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["data", "check", "--config", str(path), "--stage", "fit"]) == 0
@@ -559,7 +559,7 @@ def test_fit_run_has_scalars_config_and_metric_axes(offline_runs):
     # The resolved config of the command.
     cli = fit["config"]["cli"]
     assert cli["stages"]["init_args"]["num_stages"] == 1
-    assert cli["data"]["init_args"]["class_names"] == list(DEMO_CLASSES)
+    assert cli["data"]["init_args"]["dataset"] == "voc" and cli["data"]["init_args"]["class_names"] is None
 
 
 @pytest.mark.slow

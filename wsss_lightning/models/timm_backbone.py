@@ -59,6 +59,10 @@ class TimmBackbone(nn.Module):
             unless the requested stride is their native one).
         out_indices: which feature levels to return (timm's ``out_indices``); ``None`` = all.
         freeze_bn: keep every BatchNorm in eval mode with frozen affine parameters, also across ``train()``.
+        frozen_levels: freeze the layers that produce the first ``frozen_levels`` feature levels (the stem and the
+            early, high-resolution blocks): no gradients, BatchNorm in eval mode. Backpropagation then stops there,
+            which saves most of the backward time of depthwise networks (PSA/AuxSegNet freeze ResNet-38's conv1a
+            the same way). 0 trains everything.
         weights_only: read ``checkpoint_path`` with ``torch.load(weights_only=True)``.
         pretrained_source: where ``pretrained=True`` gets the weights. ``"auto"``: the installed package when
             :mod:`~wsss_lightning.models.packaged_weights` has an entry for ``name`` (offline), else the hub;
@@ -94,6 +98,7 @@ class TimmBackbone(nn.Module):
         output_stride: int = 8,
         out_indices: tuple[int, ...] | None = None,
         freeze_bn: bool = False,
+        frozen_levels: int = 0,
         weights_only: bool = True,
         pretrained_source: PretrainedSource = "auto",
         input_mean: Sequence[float] = IMAGENET_MEAN,
@@ -131,8 +136,34 @@ class TimmBackbone(nn.Module):
             self.load_report = self.load_checkpoint(checkpoint_path, weights_only=weights_only)
         elif source.startswith("package:"):
             self.load_report = self.load_packaged_weights()
+        self.frozen_levels = int(frozen_levels)
+        self._frozen = self._freeze_levels(self.frozen_levels)
         if freeze_bn:
             freeze_batchnorm(self)
+
+    def _freeze_levels(self, levels: int) -> list[nn.Module]:
+        """Stop gradients in every layer up to the module of feature level ``levels - 1``; returns those layers."""
+        if levels <= 0:
+            return []
+        names = self.body.feature_info.module_name()
+        if levels > len(names):
+            raise ValueError(f"frozen_levels={levels} but '{self.name}' has {len(names)} feature levels")
+        modules = list(self.body.named_modules())
+        order = {name: index for index, (name, _) in enumerate(modules)}
+        target = names[levels - 1]
+        # FeatureListNet joins the first level of nested names with "_" ("stages.0" -> "stages_0")
+        target = target if target in order else target.replace(".", "_", 1)
+        if target not in order:
+            raise ValueError(f"cannot find feature module '{names[levels - 1]}' in '{self.name}'")
+        # a subtree is contiguous in pre-order: everything up to the target's last descendant runs before level k
+        end = max(i for n, i in order.items() if n == target or n.startswith(target + "."))
+        frozen = [module for index, (_, module) in enumerate(modules) if index <= end and index > 0]
+        ancestors = {n for n in order if target.startswith(n + ".") or n == ""}
+        frozen = [m for (n, m) in modules[1 : end + 1] if n not in ancestors]
+        for module in frozen:
+            for parameter in module.parameters(recurse=False):
+                parameter.requires_grad_(False)
+        return frozen
 
     @staticmethod
     def _create(name: str, download: bool, output_stride: int, out_indices: tuple[int, ...] | None) -> nn.Module:
@@ -196,6 +227,9 @@ class TimmBackbone(nn.Module):
         super().train(mode)
         if self.freeze_bn:
             freeze_batchnorm(self)
+        for module in self._frozen:  # frozen layers keep their BatchNorm statistics too
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
         return self
 
     def forward(self, x: Tensor) -> list[Tensor]:
