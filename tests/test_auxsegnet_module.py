@@ -68,11 +68,15 @@ def test_parameter_groups_have_the_head_multiplier_and_skip_frozen_parameters():
     groups = {g["name"]: g for g in optimizer.param_groups}
     assert groups["backbone"]["lr"] == pytest.approx(0.01)
     assert groups["heads"]["lr"] == pytest.approx(0.1)
+    assert groups["classifier"]["lr"] == pytest.approx(0.1)  # the code: fc8 is a head
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert id(frozen) not in in_optimizer
     heads = {id(p) for p in network.parameter_groups()["heads"]}
     assert {id(p) for p in groups["heads"]["params"]} == heads
     assert optimizer.defaults["momentum"] == 0.9
+    probe = AuxSegNetModule(network, num_classes=NUM_CLASSES, lr=0.01, head_lr_mult=10.0, classifier_lr_mult=100.0)
+    groups = {g["name"]: g for g in probe.configure_optimizers()["optimizer"].param_groups}
+    assert groups["classifier"]["lr"] == pytest.approx(1.0) and groups["heads"]["lr"] == pytest.approx(0.1)
 
 
 def test_poly_schedule_restarts_at_every_stage():

@@ -138,15 +138,16 @@ class AuxSegNet(nn.Module):
         """Learning-rate groups as the code (methods.md §2.10), every parameter in exactly one group.
 
         ``"backbone"`` (base lr): backbone + cross-task fusion convs (the code's ``cross_att``).
-        ``"heads"`` (×10 lr): ``fc8``, both branches, the per-task θ/φ/g/W/unary convs — the parameters whose
-        names contain ``seg``/``sal``/``fc8``. Frozen (``requires_grad=False``) parameters are included too;
-        the optimizer simply never updates them.
+        ``"classifier"`` (the code: ×10 like the heads): ``fc8``. ``"heads"`` (×10 lr): both branches, the per-task
+        θ/φ/g/W/unary convs — with ``fc8``, the parameters whose names contain ``seg``/``sal``/``fc8``. Frozen
+        (``requires_grad=False``) parameters are included too; the optimizer simply never updates them.
         """
-        heads = [self.classifier, self.seg_branch, self.sal_branch, self.affinity.seg, self.affinity.sal]
+        heads = [self.seg_branch, self.sal_branch, self.affinity.seg, self.affinity.sal]
         head_params = [p for m in heads for p in m.parameters()]
-        head_ids = {id(p) for p in head_params}
-        base_params = [p for p in self.parameters() if id(p) not in head_ids]
-        return {"backbone": base_params, "heads": head_params}
+        classifier_params = list(self.classifier.parameters())
+        taken = {id(p) for p in head_params + classifier_params}
+        base_params = [p for p in self.parameters() if id(p) not in taken]
+        return {"backbone": base_params, "classifier": classifier_params, "heads": head_params}
 
     def load_head_weights(self, state: Mapping[str, Tensor]) -> None:
         """Copy ``fc8.weight`` from a PSA ResNet-38 classifier state dict into the classifier.

@@ -58,6 +58,9 @@ class AuxSegNetModule(WSSSModule):
         num_classes, class_names: see :class:`WSSSModule` (linked from the data by the CLI).
         cls_loss_weight, sal_loss_weight, seg_loss_weight: λ1, λ2, λ3 (1, 1, 1).
         lr: base learning rate (7e-4 code, 1e-3 paper); ``head_lr_mult`` for the heads (10).
+        classifier_lr_mult: multiplier of the classifier ``fc8`` (None: ``head_lr_mult``, as the code). A new
+            linear classifier on a pretrained backbone learns like a linear probe, at a far higher rate than
+            the backbone tolerates (docs/results.md: the demo recipe's choice).
         momentum, weight_decay, nesterov: SGD (code-effective 0 / 0; paper-intended 0.9 / 1e-5).
         poly_power: poly schedule exponent (0.9).
         saliency_threshold: binarisation of the saliency pseudo-label inside the loss (0.5).
@@ -80,6 +83,7 @@ class AuxSegNetModule(WSSSModule):
         seg_loss_weight: float = 1.0,
         lr: float = 7e-4,
         head_lr_mult: float = 10.0,
+        classifier_lr_mult: float | None = None,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         nesterov: bool = False,
@@ -140,9 +144,14 @@ class AuxSegNetModule(WSSSModule):
     def configure_optimizers(self):
         hp = self.hparams
         groups = self.network.parameter_groups()
+        multipliers = {
+            "backbone": 1.0,
+            "classifier": hp.head_lr_mult if hp.classifier_lr_mult is None else hp.classifier_lr_mult,
+            "heads": hp.head_lr_mult,
+        }
         param_groups = [
-            {"params": [p for p in groups["backbone"] if p.requires_grad], "lr": hp.lr, "name": "backbone"},
-            {"params": [p for p in groups["heads"] if p.requires_grad], "lr": hp.lr * hp.head_lr_mult, "name": "heads"},
+            {"params": [p for p in groups[name] if p.requires_grad], "lr": hp.lr * mult, "name": name}
+            for name, mult in multipliers.items()
         ]
         optimizer = torch.optim.SGD(
             [g for g in param_groups if g["params"]],
