@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         for base in dict.fromkeys(m.base for m in modes if m.crf):
             start = time.perf_counter()
             for image, cache in zip(images, caches[base]):
-                crf_refine(image, cache[base], sizes, module.crf_preset)
+                crf_refine(image, cache[base], sizes, module.crf)
             crf_seconds[base] = (time.perf_counter() - start) / len(images)
     rows, results = [], {}
     for mode in modes:
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         official = OFFICIAL.get(mode.name) if args.backbone == "resnet38" else None
         rows.append([mode.name, mode.label, seconds, 1.0 / seconds, official if official is not None else "-"])
     print(f"Inference modes, {args.backbone} {args.affinity}, {args.height}x{args.width}, {args.images} image(s), "
-          f"scales {list(module.eval_scales)}, CRF {module.crf_preset}")  # fmt: skip
+          f"scales {list(module.eval_scales)}, CRF {module.crf}")  # fmt: skip
     print(markdown_table(["mode", "label", "s / image", "images / s", "official s / image"], rows))
     write_json(args.json, {"args": vars(args), "seconds_per_image": results, "parent": machine()})
     return 0

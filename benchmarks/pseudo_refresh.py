@@ -6,15 +6,15 @@ Both paths run the same label-update job of :class:`~wsss_lightning.modules.AuxS
 forward → CAM propagation by the cross-task affinity → saliency CRF (``auxseg_saliency``) → fusion → PNG writes)
 on the same seeded synthetic images, in one process, one after the other:
 
-* ``sequential``: for each image, ``label_jobs`` on a batch of one, then the CRF/fusion/write job inline — the
+* ``sequential``: for each image, ``label_batch`` on a batch of one, then the CRF/fusion/write job inline — the
   official ``infer_aff``-style loop. Its time is split into forward (+ propagation) and CRF + fusion + writes.
-* ``pipeline (batch b, w workers)``: ``label_jobs`` on batches of ``b`` while
+* ``pipeline (batch b, w workers)``: ``label_batch`` on batches of ``b`` while
   :class:`~wsss_lightning.pseudo.writer.PseudoLabelWriter` runs the CPU jobs in ``w`` worker processes, so the
   CRF of one batch overlaps the forward of the next (what ``PseudoLabelRefresh`` / ``wsss pseudolabel`` do).
 
 Variants add channels-last weights/images (``+cl``: the module's ``channels_last`` switch, oneDNN's faster
 convolutions, same labels up to float rounding) and bf16 autocast (``+bf16``: what a refresh does in a
-``--trainer.precision bf16-mixed`` run, where ``label_jobs`` runs the network in the trainer's precision context;
+``--trainer.precision bf16-mixed`` run, where ``label_batch`` runs the network in the trainer's precision context;
 the affinity maths and everything after the network stay float32). The first image (batch) of each path is a warm-up
 and is not timed. The labels written by each pipeline are compared pixel by pixel with the sequential path's.
 """
@@ -72,12 +72,13 @@ def collate(items: list[dict]) -> dict:
 
 def run_sequential(module, items: list[dict], out_dir: Path) -> dict:
     from wsss_lightning.pseudo.jobs import run_label_job
+    from wsss_lightning.pseudo.label_set import LabelSet
 
     forward, cpu, total = [], [], []
     for index, batch in enumerate(items):
         start = time.perf_counter()
         with torch.no_grad():
-            jobs, _ = module.label_jobs(batch, "refined", str(out_dir))
+            jobs = module.label_batch(batch, "refined", LabelSet(out_dir)).jobs
         middle = time.perf_counter()
         for job in jobs:
             run_label_job(job)
@@ -92,23 +93,24 @@ def run_sequential(module, items: list[dict], out_dir: Path) -> dict:
 
 def run_pipeline(module, items: list[dict], out_dir: Path, batch_size: int, workers: int, bf16: bool = False) -> dict:
     from wsss_lightning.pseudo.jobs import run_label_job
+    from wsss_lightning.pseudo.label_set import LabelSet
     from wsss_lightning.pseudo.writer import PseudoLabelWriter
 
-    writer = PseudoLabelWriter(out_dir, {"bench": True}, rank=0, workers=workers)
+    writer = PseudoLabelWriter(LabelSet(out_dir), {"bench": True}, rank=0, workers=workers)
     batches = [collate(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
     # Warm-up: the first batch, and the pool's workers started (forkserver) and importing.
     with torch.no_grad():
-        jobs, _ = module.label_jobs(batches[0], "refined", str(out_dir))
+        jobs = module.label_batch(batches[0], "refined", LabelSet(out_dir)).jobs
     for job in jobs:
         writer.submit(run_label_job, job)
     writer.close()
-    writer = PseudoLabelWriter(out_dir, {"bench": True}, rank=0, workers=workers)
+    writer = PseudoLabelWriter(LabelSet(out_dir), {"bench": True}, rank=0, workers=workers)
     if workers:  # start the workers before the clock (a refresh of 10k images pays this once)
         list(writer.pool.map_unordered(abs, [(1,)] * workers))
     start = time.perf_counter()
     for batch in batches[1:]:
         with torch.no_grad(), torch.autocast(module.device.type, dtype=torch.bfloat16, enabled=bf16):
-            jobs, _ = module.label_jobs(batch, "refined", str(out_dir))
+            jobs = module.label_batch(batch, "refined", LabelSet(out_dir)).jobs
         for job in jobs:
             writer.submit(run_label_job, job)
     written = writer.close()

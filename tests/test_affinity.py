@@ -1,4 +1,5 @@
-"""Cross-task (dual-)affinity: hand computations of every equation of methods.md §2.4 / §2.12, chunking, autocast."""
+"""Cross-task (dual-)affinity: hand computations of every equation of docs/method_notes.md §2.4 / §2.12, chunking,
+autocast."""
 
 from __future__ import annotations
 

@@ -196,7 +196,7 @@ def test_parameter_groups_cover_every_parameter_once_by_the_code_rule(mode: str,
     ids = [id(p) for ps in groups.values() for p in ps]
     assert len(ids) == len(set(ids)) == sum(1 for _ in net.parameters())
     assert {id(p) for p in groups["classifier"]} == {id(net.classifier.fc8.weight)}
-    # The official rule (methods.md §2.10): names containing seg / sal / fc8 get ×10, the rest ×1.
+    # The official rule (docs/method_notes.md §2.10): names containing seg / sal / fc8 get ×10, the rest ×1.
     heads = {id(p) for p in groups["heads"] + groups["classifier"]}
     for name, p in net.named_parameters():
         is_head = any(key in name for key in ("seg", "sal", "fc8"))

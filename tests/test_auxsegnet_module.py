@@ -12,6 +12,7 @@ from wsss_lightning.models import AuxSegNetPlus, TimmBackbone
 from wsss_lightning.modules import AuxSegNetModule
 from wsss_lightning.pseudo.cam import normalize_cam, upsample_cam
 from wsss_lightning.pseudo.jobs import FusionJob, run_fusion_job
+from wsss_lightning.pseudo.label_set import LabelSet
 
 NUM_CLASSES = 4
 
@@ -96,13 +97,16 @@ def test_initial_label_jobs_fuse_the_multiscale_cam_with_the_raw_saliency():
     batch = _batch(size=40)
     batch["sal"] = torch.rand(2, 40, 40, generator=torch.Generator().manual_seed(3))
     batch["raw"] = torch.zeros(2, 40, 40, 3, dtype=torch.uint8)
-    jobs, extras = module.label_jobs(batch, "initial", "/unused")
+    result = module.label_batch(batch, "initial", LabelSet("/unused"))
+    jobs, extras = result.jobs, result.extra_labels
     assert len(jobs) == 2 and all(isinstance(j, FusionJob) for j in jobs)
-    assert all(j.saliency_crf is None and not j.write_saliency for j in jobs)  # §2.7: raw off-the-shelf map
+    assert all(j.crf is None and not j.write_saliency for j in jobs)  # §2.7: raw off-the-shelf map
+    assert module.label_layout("initial").kinds == ("seg",) and module.label_layout("refined").kinds == ("seg", "sal")
+    assert result.cam_peaks.shape == (2, NUM_CLASSES - 1) and result.affinity is None
     for index, job in enumerate(jobs):
         np.testing.assert_allclose(job.saliency, batch["sal"][index].numpy(), atol=1e-6)
         absent = (batch["cls_label"][index] == 0).nonzero().flatten().tolist()
-        cam_labels = extras["cam_labels"][index]
+        cam_labels = extras["cam"][index]
         for cls in absent:
             assert not (cam_labels == cls + 1).any(), "an absent class was labelled"
         expected = np.where(job.peak > 0.2, job.peak_class.astype(np.int64) + 1, 0)
@@ -114,7 +118,10 @@ def test_refined_label_jobs_propagate_the_cam_with_the_cross_task_affinity(tmp_p
     batch = _batch(size=40, batch=1)
     batch["sal"] = torch.rand(1, 40, 40, generator=torch.Generator().manual_seed(4))
     batch["raw"] = torch.randint(0, 255, (1, 40, 40, 3), dtype=torch.uint8)
-    jobs, _ = module.label_jobs(batch, "refined", str(tmp_path))
+    result = module.label_batch(batch, "refined", LabelSet(tmp_path))
+    jobs = result.jobs
+    assert set(result.extra_labels) == set(module.extra_label_kinds("refined")) == {"cam", "raw_cam"}
+    assert set(result.affinity) == {"row_peak", "row_spread", "background_mass"}
     with torch.no_grad():
         out = module.network(batch["image"])
         matrix = out.affinity.matrix()  # explicit (B, N, N) A_CT
@@ -127,7 +134,7 @@ def test_refined_label_jobs_propagate_the_cam_with_the_cross_task_affinity(tmp_p
         predicted = torch.sigmoid(F.interpolate(out.sal_refined, (40, 40), mode="bilinear"))[0, 0]
     np.testing.assert_allclose(jobs[0].peak, peak.numpy(), atol=1e-5)
     np.testing.assert_allclose(jobs[0].saliency, ((predicted + batch["sal"][0]) / 2).numpy(), atol=1e-5)
-    assert jobs[0].write_saliency and jobs[0].saliency_crf is not None
+    assert jobs[0].write_saliency and jobs[0].crf is module.crf  # the pool CRF travels with the job
     pytest.importorskip("pydensecrf.densecrf")
     result = run_fusion_job(jobs[0])
     assert set(result["files"]) == {"seg/img0.png", "sal/img0.png"}

@@ -17,6 +17,7 @@ from wsss_lightning.data.demo import DEMO_CLASSES
 from wsss_lightning.data.io import DatasetError, image_size, read_label, read_saliency, write_grey_png
 from wsss_lightning.data.labels import labels_from_mask
 from wsss_lightning.data.saliency import SaliencyDataset
+from wsss_lightning.pseudo.label_set import LabelSet
 
 VOC = Path("VOCdevkit/VOC2012")
 C = len(DEMO_CLASSES)
@@ -105,10 +106,10 @@ def test_train_target_pseudo_and_none(tiny_demo: Path, tmp_path: Path) -> None:
     assert torch.all(sample["seg"] == 255) and sample["cls_label"].any()  # classification only
 
 
-def test_set_pseudo_labels_changes_the_next_train_dataloader(tiny_demo: Path, tmp_path: Path) -> None:
+def test_use_label_set_changes_the_next_train_dataloader(tiny_demo: Path, tmp_path: Path) -> None:
     ids = _ids(tiny_demo, "train_aug")
-    first = _constant_labels(tiny_demo, tmp_path / "stage0" / "seg", 3, ids)
-    second = _constant_labels(tiny_demo, tmp_path / "stage1" / "seg", 4, ids)
+    _constant_labels(tiny_demo, tmp_path / "stage0" / "seg", 3, ids)
+    _constant_labels(tiny_demo, tmp_path / "stage1" / "seg", 4, ids)
     sal = tmp_path / "stage1" / "sal"
     for name in ids:
         size = image_size(tiny_demo / VOC / "JPEGImages" / f"{name}.jpg")
@@ -117,27 +118,32 @@ def test_set_pseudo_labels_changes_the_next_train_dataloader(tiny_demo: Path, tm
     dm = _dm(tiny_demo, batch_size=8)
     before = dm.train_dataloader()
     assert _seg_values(before) == {255}
-    dm.set_pseudo_labels(first)
+    dm.use_label_set(LabelSet(tmp_path / "stage0"))
     assert _seg_values(before) == {255}  # an existing loader keeps its data
     after = dm.train_dataloader()
     values = _seg_values(after)
     assert 3 in values and values <= {3, 255}  # 255 = padding of images scaled below the crop size
-    dm.set_pseudo_labels(second, sal)
+    dm.use_label_set(LabelSet(tmp_path / "stage1"))  # a set with sal/ maps: they replace the off-the-shelf ones
     batch = next(iter(dm.train_dataloader()))
     assert set(batch["seg"].unique().tolist()) <= {4, 255} and 4 in batch["seg"]
     inside = batch["sal"] != 255
     torch.testing.assert_close(batch["sal"][inside], torch.full_like(batch["sal"][inside], 0.2))
 
 
-def test_set_pseudo_labels_resolves_relative_folders_against_the_working_directory(
-    tiny_demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _constant_labels(tiny_demo, tmp_path / "labels", 1, _ids(tiny_demo, "train_aug"))
-    monkeypatch.chdir(tmp_path)
-    dm = _dm(tiny_demo, augmentation="none")
-    dm.set_pseudo_labels("labels")
-    assert dm.pseudo_label_dir == str((tmp_path / "labels").resolve())
-    assert set(dm.train_dataset()[0]["seg"].unique().tolist()) == {1}
+def test_a_configured_label_set_folder_is_adopted_with_its_saliency(tiny_demo: Path, tmp_path: Path) -> None:
+    ids = _ids(tiny_demo, "train_aug")
+    _constant_labels(tiny_demo, tmp_path / "given" / "seg", 1, ids)
+    for name in ids:
+        size = image_size(tiny_demo / VOC / "JPEGImages" / f"{name}.jpg")
+        write_grey_png(tmp_path / "given" / "sal" / f"{name}.png", np.zeros(size, np.uint8))
+    for folder in ("given", "given/seg"):  # the set's folder or its seg/ folder
+        dm = _dm(tiny_demo, augmentation="none", pseudo_label_dir=str(tmp_path / folder))
+        dm.setup("fit")
+        assert dm.label_set == LabelSet(tmp_path / "given") and not dm.uses_label_set()
+        sample = dm.train_dataset()[0]
+        assert set(sample["seg"].unique().tolist()) == {1} and set(sample["sal"].unique().tolist()) == {0.0}
+    plain = _dm(tiny_demo, augmentation="none", pseudo_label_dir=str(tmp_path / "given" / "seg" / ".."))
+    assert plain.given_label_set() == LabelSet(tmp_path / "given")
 
 
 def test_label_set_mode_iterates_the_sets_own_files(tiny_demo: Path, tmp_path: Path) -> None:
@@ -149,7 +155,7 @@ def test_label_set_mode_iterates_the_sets_own_files(tiny_demo: Path, tmp_path: P
             Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(tmp_path / "images" / f"{name}.jpg")
             write_grey_png(tmp_path / "seg" / f"{name}.png", np.full((40, 40), copy + 1, np.uint8))
     dm = _dm(tiny_demo, batch_size=2)
-    dm.set_pseudo_labels(tmp_path / "seg", image_dir=tmp_path / "images")
+    dm.use_label_set(LabelSet(tmp_path))  # seg/ + images/: a set of copies
     assert dm.uses_label_set()
     dataset = dm.train_dataset()
     assert dataset.ids == [f"{p}_{c}" for p in parents for c in range(2)]
@@ -215,11 +221,12 @@ def test_saliency_train_root_gives_combined_batches(tiny_demo: Path) -> None:
 
 def test_refresh_dataset_serves_raw_images_gt_and_the_original_saliency(tiny_demo: Path, tmp_path: Path) -> None:
     ids = _ids(tiny_demo, "train_aug")
-    updated = tmp_path / "updated_sal"
+    updated = tmp_path / "set" / "sal"
     for name in ids:
         write_grey_png(updated / f"{name}.png", np.zeros(image_size(tiny_demo / VOC / "JPEGImages" / f"{name}.jpg")))
+    (updated.parent / "seg").mkdir()
     dm = _dm(tiny_demo)
-    dm.set_pseudo_labels(None, updated)
+    dm.use_label_set(LabelSet(updated.parent))  # training would read the set's sal/; a refresh never does
     dataset = dm.refresh_dataset()
     sample = dataset[0]
     assert "raw" in sample and sample["raw"].dtype == torch.uint8 and sample["raw"].shape[-1] == 3

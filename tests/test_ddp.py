@@ -46,7 +46,8 @@ class RankProbe(L.Callback):
         self.records: list[dict] = []
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        folder = getattr(trainer.datamodule, "pseudo_label_dir", None)
+        seg_folder, _ = trainer.datamodule.pseudo_label_folders()
+        folder = str(seg_folder) if seg_folder is not None else None
         dataset = trainer.train_dataloader.dataset
         self.records.append({
             "epoch": trainer.current_epoch,

@@ -56,8 +56,10 @@ def test_policy_stops_a_set_without_foreground_with_cause_and_fix() -> None:
         HealthPolicy().check(summary, "the stage-0 label set")
     message = str(info.value)
     assert "71 % of the labels hold no foreground pixel" in message
-    assert "the classifier never fires for the images' own classes: train the warm-up longer, raise the learning rate, " \
-        "or load pretrained weights" in message  # fmt: skip
+    assert (
+        "the classifier never fires for the images' own classes: train the warm-up longer, raise the learning rate, "
+        "or load pretrained weights" in message
+    )
     assert "health.action: warn" in message
 
 

@@ -249,7 +249,7 @@ def test_constant_prediction_on_uniform_gt_right_quadrants_scores_one(kind: str)
 
 
 def jsws_reference(preds: list[np.ndarray], gts: list[np.ndarray]) -> dict[str, float]:
-    """methods.md §4.3 in numpy: per-image min-max (+eps), GT != 0, 21 thresholds, F of image-mean P and R."""
+    """docs/method_notes.md §4.3 in numpy: per-image min-max (+eps), GT != 0, 21 thresholds, F of image-mean P and R."""
     precisions, recalls, adaptive, maes = [], [], [], []
     for pred, gt in zip(preds, gts):
         s = pred.astype(np.float64)

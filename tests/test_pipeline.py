@@ -106,7 +106,7 @@ def test_two_stage_run_writes_one_label_per_id_and_serves_them_next_stage(demo, 
     assert Path(stage1["seg_dir"]) == (tmp_path / "labels" / "stage1" / "seg").resolve()
     assert Path(stage1["sal_dir"]) == (tmp_path / "labels" / "stage1" / "sal").resolve()
     assert stage0["seg_values"] - {255}, "stage 0 trains on real labels"
-    base = [0.01, 0.1]
+    base = [0.01, 0.1, 0.1]  # backbone, classifier (x10, the code), heads (x10)
     for epoch in (warmup, stage0, stage1):  # the poly schedule restarts at every stage
         assert epoch["lr"] == pytest.approx(base)
 

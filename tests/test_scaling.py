@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from wsss_lightning.config_files import load_config
 from wsss_lightning.models import AuxSegNet, AuxSegNetPlus, TimmBackbone
 from wsss_lightning.modules import AuxSegNetModule
-from wsss_lightning.pseudo.crf import CRF_PRESETS, CRFPool, dense_crf, saliency_crf
+from wsss_lightning.pseudo.crf import CRFPool, dense_crf, saliency_crf
+from wsss_lightning.pseudo.dense_crf import PydenseCRF
 from wsss_lightning.pseudo.jobs import FusionJob, run_label_job
+from wsss_lightning.pseudo.label_set import LabelSet
 from wsss_lightning.pseudo.writer import PseudoLabelWriter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +83,10 @@ def test_trainer_configs_compose_with_a_method_config(tmp_path: Path, monkeypatc
     assert isinstance(environment, SLURMEnvironment)
     assert environment.auto_requeue is True and environment.requeue_signal == signal.SIGUSR1
     # The method config's pieces survive the composition.
-    assert trainer.check_val_every_n_epoch == 6
+    assert (
+        trainer.check_val_every_n_epoch
+        == load_config(ROOT / "configs/demo_auxseg.yaml")["trainer"]["check_val_every_n_epoch"]
+    )
     assert any(isinstance(c, ModelCheckpoint) for c in trainer.callbacks)
     assert any(isinstance(c, PseudoLabelRefresh) for c in trainer.callbacks)
     assert isinstance(cli.model, AuxSegNetModule)
@@ -153,12 +159,14 @@ def test_chunked_network_and_label_jobs_equal_unchunked(cls, tmp_path: Path) -> 
         assert not a.affinity.is_chunked and b.affinity.is_chunked
         for name in ("seg_refined", "sal_refined", "seg_logits", "sal_logits"):
             assert torch.allclose(getattr(a, name), getattr(b, name), atol=1e-5), name
-        jobs_a, extras_a = full.label_jobs(batch, "refined", str(tmp_path / "a"))
-        jobs_b, extras_b = chunked.label_jobs(batch, "refined", str(tmp_path / "b"))
-    for x, y in zip(jobs_a, jobs_b):
+        result_a = full.label_batch(batch, "refined", LabelSet(tmp_path / "a"))
+        result_b = chunked.label_batch(batch, "refined", LabelSet(tmp_path / "b"))
+    for x, y in zip(result_a.jobs, result_b.jobs):
         np.testing.assert_allclose(x.peak, y.peak, atol=1e-5)
         np.testing.assert_allclose(x.saliency, y.saliency, atol=1e-5)
-    assert torch.equal(extras_a["raw_cam_labels"], extras_b["raw_cam_labels"])
+    assert torch.equal(result_a.extra_labels["raw_cam"], result_b.extra_labels["raw_cam"])
+    for key in ("row_peak", "row_spread", "background_mass"):
+        torch.testing.assert_close(result_a.affinity[key], result_b.affinity[key], equal_nan=True)
 
 
 # ------------------------------------------------------------------------------------------------ CRF pool
@@ -195,15 +203,15 @@ def test_pooled_writer_writes_the_same_files_as_inline(tmp_path: Path) -> None:
         return FusionJob(
             name=f"img{index}", out_dir=str(out_dir), peak=rng.random(saliency.shape).astype(np.float32),
             peak_class=rng.integers(0, 3, saliency.shape).astype(np.uint8), saliency=saliency, image=image,
-            saliency_crf=None if index % 2 else CRF_PRESETS["auxseg_saliency"], write_saliency=True,
+            crf=None if index % 2 else PydenseCRF(), write_saliency=True,
         )  # fmt: skip
 
     jobs = [job(i, tmp_path / "inline") for i in range(4)]
     pooled_jobs = [FusionJob(**{**vars(j), "out_dir": str(tmp_path / "pooled")}) for j in jobs]
-    with PseudoLabelWriter(tmp_path / "inline", {"k": 1}, workers=0) as writer:
+    with PseudoLabelWriter(LabelSet(tmp_path / "inline"), {"k": 1}, workers=0) as writer:
         for j in jobs:
             writer.submit(run_label_job, j)
-    with PseudoLabelWriter(tmp_path / "pooled", {"k": 1}, workers=2, max_pending=2) as writer:
+    with PseudoLabelWriter(LabelSet(tmp_path / "pooled"), {"k": 1}, workers=2, max_pending=2) as writer:
         for j in pooled_jobs:
             writer.submit(run_label_job, j)
     assert writer.written == 4
@@ -255,11 +263,10 @@ def test_same_seed_gives_the_same_weights_and_another_seed_does_not() -> None:
     assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
-def test_label_jobs_run_the_network_at_the_trainers_precision(tmp_path: Path) -> None:
-    """Under `bf16-mixed` a refresh's forward runs in bf16 autocast like the training steps (Lightning only wraps the
-    step methods), the rest in float32; without a trainer (or at 32-true) nothing changes."""
-    from types import SimpleNamespace
-
+def test_label_batch_under_the_trainers_precision_context(tmp_path: Path) -> None:
+    """The label-set runner calls ``label_batch`` inside the trainer's precision context: under `bf16-mixed` the
+    network runs in bf16 autocast like the training steps (Lightning only wraps the step methods) and everything
+    after it in float32 (the affinity maths has autocast off)."""
     from lightning.pytorch.plugins.precision import MixedPrecision
 
     module = _module().eval()
@@ -267,12 +274,11 @@ def test_label_jobs_run_the_network_at_the_trainers_precision(tmp_path: Path) ->
     dtypes: list[torch.dtype] = []
     module.network.classifier.register_forward_hook(lambda mod, args, out: dtypes.append(out.dtype))
     with torch.no_grad():
-        fp32_jobs, _ = module.label_jobs(batch, "refined", str(tmp_path))
-        module._trainer = SimpleNamespace(precision_plugin=MixedPrecision("bf16-mixed", "cpu"))
-        bf16_jobs, _ = module.label_jobs(batch, "refined", str(tmp_path))
-        module._trainer = None
+        fp32 = module.label_batch(batch, "refined", LabelSet(tmp_path))
+        with MixedPrecision("bf16-mixed", "cpu").forward_context():
+            bf16 = module.label_batch(batch, "refined", LabelSet(tmp_path))
     assert dtypes[0] == torch.float32 and dtypes[-1] == torch.bfloat16
-    for a, b in zip(fp32_jobs, bf16_jobs):
+    for a, b in zip(fp32.jobs, bf16.jobs):
         assert b.peak.dtype == np.float32 and b.saliency.dtype == np.float32
         np.testing.assert_allclose(a.peak, b.peak, atol=0.1)
         np.testing.assert_allclose(a.saliency, b.saliency, atol=0.1)

@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import Callback
 
 from wsss_lightning.callbacks import PseudoLabelRefresh
 from wsss_lightning.cli import main
+from wsss_lightning.config_files import load_config
 from wsss_lightning.data.collate import pad_collate
 from wsss_lightning.data.datamodule import WSSSDataModule
 from wsss_lightning.data.demo import DEMO_CLASSES, TINY_SETTINGS, generate_demo
@@ -31,8 +32,10 @@ from wsss_lightning.data.transforms import RotateCropResize
 from wsss_lightning.models.ssnet import SSNetStage1, SSNetStage2
 from wsss_lightning.modules import SSNetModule
 from wsss_lightning.modules.ssnet import augmentation_seed
+from wsss_lightning.pseudo.dense_crf import PydenseCRF
 from wsss_lightning.pseudo.health import HealthPolicy
 from wsss_lightning.pseudo.jobs import CRFLabelJob, LabelJobGroup, run_label_job
+from wsss_lightning.pseudo.label_set import LabelSet
 
 NUM_CLASSES = len(DEMO_CLASSES)  # 21: background + the 20 VOC classes
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -266,9 +269,10 @@ def _refresh_batch(demo: Path, count: int = 2) -> dict:
 def test_label_jobs_are_deterministic_copies_named_id_t(demo: Path) -> None:
     module = _module(num_augmentations=3).eval()
     batch = _refresh_batch(demo)
-    groups, extras = module.label_jobs(batch, "ssnet", "/unused")
-    again, _ = module.label_jobs(batch, "ssnet", "/unused")
-    assert extras == {}
+    result = module.label_batch(batch, "ssnet", LabelSet("/unused"))
+    groups, again = result.jobs, module.label_batch(batch, "ssnet", LabelSet("/unused")).jobs
+    assert result.extra_labels == {} and result.affinity is None
+    assert module.label_layout("ssnet").copies and module.label_layout("ssnet").kinds == ("seg", "images", "gt")
     assert [g.name for g in groups] == batch["name"] and all(isinstance(g, LabelJobGroup) for g in groups)
     for group, repeat, (height, width), index in zip(groups, again, batch["ori_size"].tolist(), range(2)):
         assert [job.name for job in group.jobs] == [f"{group.name}_{t}" for t in range(3)]
@@ -297,7 +301,7 @@ def test_label_probabilities_mask_absent_classes_as_the_code(demo: Path) -> None
     assert absent
     for mode in ("zero", "neg_inf"):
         module = _module(num_augmentations=1, label_mask_mode=mode).eval()
-        (group,), _ = module.label_jobs(batch, "ssnet", "/unused")
+        (group,) = module.label_batch(batch, "ssnet", LabelSet("/unused")).jobs
         job = group.jobs[0]
         with torch.no_grad():
             image = torch.from_numpy(job.image).permute(2, 0, 1).float().div(255)[None]
@@ -315,7 +319,7 @@ def test_label_probabilities_mask_absent_classes_as_the_code(demo: Path) -> None
 def test_label_files_never_contain_absent_classes(demo: Path, tmp_path: Path) -> None:
     batch = _refresh_batch(demo, count=2)
     module = _module(num_augmentations=2, label_mask_mode="neg_inf").eval()
-    groups, _ = module.label_jobs(batch, "ssnet", str(tmp_path))
+    groups = module.label_batch(batch, "ssnet", LabelSet(tmp_path)).jobs
     for index, group in enumerate(groups):
         present = {0} | {c + 1 for c in range(NUM_CLASSES - 1) if batch["cls_label"][index, c] > 0}
         result = run_label_job(group)
@@ -332,12 +336,11 @@ def test_label_files_never_contain_absent_classes(demo: Path, tmp_path: Path) ->
 def test_label_jobs_write_gt_only_for_scored_images(demo: Path) -> None:
     batch = _refresh_batch(demo, count=2)
     batch["pseudo_eval"] = [True, False]
-    module = _module(num_augmentations=1, label_crf=None).eval()
-    groups, _ = module.label_jobs(batch, "ssnet", "/unused")
+    module = _module(num_augmentations=1, crf=PydenseCRF(inference="ssnet", saliency=None, labels=None)).eval()
+    groups = module.label_batch(batch, "ssnet", LabelSet("/unused")).jobs
     assert groups[0].jobs[0].gt is not None and groups[1].jobs[0].gt is None and groups[0].jobs[0].crf is None
-    assert module.label_config("ssnet")["crf"] is None
     with pytest.raises(ValueError, match="ssnet"):
-        module.label_jobs(batch, "refined", "/unused")
+        module.label_batch(batch, "refined", LabelSet("/unused"))
 
 
 # --- the pipeline -------------------------------------------------------------------------------------------
@@ -452,7 +455,7 @@ def test_configs_parse_and_compose(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def _cli_config(demo: Path, run: Path) -> Path:
-    config = yaml.safe_load((CONFIGS / "demo_ssnet.yaml").read_text())
+    config = load_config(CONFIGS / "demo_ssnet.yaml")
     config["trainer"].update(
         default_root_dir=str(run), logger=False, enable_progress_bar=False, limit_train_batches=2,
         limit_val_batches=1, check_val_every_n_epoch=1,
@@ -465,7 +468,7 @@ def _cli_config(demo: Path, run: Path) -> Path:
     )
     model = config["model"]["init_args"]
     for key in ("stage1", "stage2"):
-        model[key]["init_args"]["backbone"] = "test_resnet"
+        model[key]["init_args"].update(backbone="test_resnet", pretrained=False)
     model.update(eval_input_size=64, label_image_size=64, num_augmentations=1)
     config["data"]["init_args"].update(root=str(demo / "VOCdevkit" / "VOC2012"), crop_size=64, batch_size=4,
                                        saliency_batch_size=4, num_workers=0)  # fmt: skip
@@ -485,7 +488,7 @@ def test_wsss_fit_then_test_writes_segmentation_and_saliency_results(demo: Path,
     modes = report["segmentation"]["val"]
     assert set(modes) == {"ss", "ss_crf"} and modes["ss_crf"]["mode"] == "single-scale + CRF"
     assert 0.0 <= modes["ss"]["mIoU"] <= 1.0 and set(modes["ss"]["IoU"]) == set(DEMO_CLASSES)
-    assert set(report["saliency"]) == {"ECSSD", "DUTS-TE"}
+    assert set(report["saliency"]) == {"ECSSD"}
     for values in report["saliency"].values():
         assert {"maxF", "meanF", "adpF", "MAE", "Sm", "maxE"} <= set(values)
         assert 0.0 <= values["maxF"] <= 1.0 and 0.0 <= values["MAE"] <= 1.0

@@ -37,6 +37,7 @@ from wsss_lightning.callbacks.wandb_media import (
     quality_table_rows,
     saliency_table_rows,
 )
+from wsss_lightning.config_files import load_config
 from wsss_lightning.data.demo import DEMO_CLASSES, TINY_SETTINGS, generate_demo
 from wsss_lightning.data.splits import read_id_list
 from wsss_lightning.utils.visualize import colorize_label
@@ -196,21 +197,6 @@ def test_build_panel_order_captions_masks_and_downscaling():
     assert wandb_masks[1] is None
 
 
-def test_label_set_files_plain_and_augmented_copies(tmp_path):
-    plain = tmp_path / "plain"
-    for sub in ("seg", "sal"):
-        (plain / sub).mkdir(parents=True)
-        (plain / sub / "a.png").write_bytes(b"x")
-    assert WandbMedia._label_set_files(plain, "a") == {"seg": plain / "seg/a.png", "sal": plain / "sal/a.png"}
-    assert WandbMedia._label_set_files(plain, "b") is None
-    copies = tmp_path / "copies"
-    for sub in ("seg", "images", "gt"):
-        (copies / sub).mkdir(parents=True)
-        (copies / sub / "a_0.png").write_bytes(b"x")
-    files = WandbMedia._label_set_files(copies, "a")
-    assert files == {"seg": copies / "seg/a_0.png", "image": copies / "images/a_0.png", "gt": copies / "gt/a_0.png"}
-
-
 def test_wandb_media_is_silent_without_a_wandb_logger():
     from lightning.pytorch.loggers import CSVLogger
 
@@ -223,21 +209,28 @@ def test_wandb_media_is_silent_without_a_wandb_logger():
         WandbMedia(val_every_n_epochs=0)
 
 
-def test_log_record_hands_a_finished_set_to_the_callbacks_on_rank_zero():
-    from wsss_lightning.callbacks.label_sets import log_record
+def test_log_record_hands_a_finished_set_to_the_listeners_on_rank_zero():
+    from wsss_lightning.label_runner import log_record
+    from wsss_lightning.modules.protocol import LabelSetListener
 
-    seen: list[dict[str, Any]] = []
-    callback = SimpleNamespace(on_label_set_end=lambda trainer, module, record: seen.append(record))
+    seen: list[Any] = []
+
+    class Listener(LabelSetListener):
+        def on_label_set_end(self, trainer: Any, module: Any, record: dict[str, Any]) -> None:
+            seen.append(record)
+
     record = {"stage": 2, "kind": "refined", "images": 3, "seconds": 0.1, "pseudo_mIoU": 0.5, "dir": "missing"}
     logged: list[dict[str, Any]] = []
     logger = SimpleNamespace(log_metrics=lambda metrics, step: logged.append(metrics))
-    trainer = SimpleNamespace(is_global_zero=True, loggers=[logger], callbacks=[callback, object()], global_step=7,
-                              lightning_module=None)  # fmt: skip
+    # a callback that merely has an `on_label_set_end` attribute is not a listener
+    stray = SimpleNamespace(on_label_set_end=lambda *args: seen.append("stray"))
+    trainer = SimpleNamespace(is_global_zero=True, loggers=[logger], callbacks=[Listener(), stray, object()],
+                              global_step=7)  # fmt: skip
     lines: list[str] = []
-    log_record(trainer, record, echo=lines.append)
+    log_record(trainer, None, record, echo=lines.append)
     assert seen == [record] and logged == [{"pseudo/mIoU": 0.5, "pseudo/stage": 2}]
-    assert lines[0].startswith("[pseudo-labels] stage 2 (refined, 3 images")
-    log_record(SimpleNamespace(**{**vars(trainer), "is_global_zero": False}), record, echo=lines.append)
+    assert lines[0].startswith("[pseudo-labels] stage 2 (refined, 3 images") and "-> missing" in lines[0]
+    log_record(SimpleNamespace(**{**vars(trainer), "is_global_zero": False}), None, record, echo=lines.append)
     assert len(seen) == 1 and len(lines) == 1  # other ranks neither log nor show
 
 
@@ -327,7 +320,10 @@ def test_best_checkpoint_goes_up_as_a_model_artifact_only_online(tmp_path):
     checkpoint = tmp_path / "last.ckpt"
     checkpoint.write_bytes(b"weights")
     online, offline = _logger(offline=False), _logger(offline=True)
-    callback = SimpleNamespace(best_model_path="", last_model_path=str(checkpoint))
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    callback = ModelCheckpoint(dirpath=tmp_path)
+    callback.last_model_path = str(checkpoint)
     trainer = SimpleNamespace(is_global_zero=True, checkpoint_callback=callback, loggers=[online, offline])
     WandbMedia().on_fit_end(trainer, None)
     assert offline.experiment.logged == []
@@ -363,14 +359,19 @@ def test_label_set_artifact_online_only_with_quality_metadata(tmp_path):
 
 
 def test_stage_progress_bar_shows_the_stage_and_epoch(tmp_path):
-    from lightning.pytorch import Callback, Trainer
+    from lightning.pytorch import Trainer
     from lightning.pytorch.demos.boring_classes import BoringModel
 
     from wsss_lightning.callbacks.progress import StageProgressBar
 
-    class Schedule(Callback):  # the schedule attributes of PseudoLabelRefresh, without its refreshes
-        warmup_epochs, num_stages, epochs_per_stage = 1, 2, [1, 1]
-        stage_of_epoch = PseudoLabelRefresh.stage_of_epoch
+    class Schedule(PseudoLabelRefresh):  # the schedule of PseudoLabelRefresh, without its refreshes
+        def __init__(self) -> None:
+            super().__init__(warmup_epochs=1, num_stages=2, epochs_per_stage=1)
+
+        def setup(self, *args: Any, **kwargs: Any) -> None: ...
+        def on_fit_start(self, *args: Any) -> None: ...
+        def on_train_start(self, *args: Any) -> None: ...
+        def on_train_epoch_end(self, *args: Any) -> None: ...
 
     class Recording(StageProgressBar):
         def __init__(self) -> None:
@@ -394,16 +395,19 @@ def test_stage_progress_bar_shows_the_stage_and_epoch(tmp_path):
     ]
 
 
-def test_progress_bar_names_a_pseudolabel_run_set_up_by_a_later_callback(tmp_path):
-    from lightning.pytorch import Callback, Trainer
+def test_progress_bar_names_a_pseudolabel_run(tmp_path):
+    from lightning.pytorch import Trainer
     from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
     from torch.utils.data import DataLoader
 
     from wsss_lightning.callbacks.progress import StageProgressBar
+    from wsss_lightning.label_runner import LabelRunOptions
+    from wsss_lightning.pseudo.label_set import LabelSet
+    from wsss_lightning.trainer import LabelSetTask
 
-    class Writer(Callback):  # like PseudoLabelSetWriter: appended after the bar, sets the request in on_predict_start
-        def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
-            pl_module.label_request = SimpleNamespace(kind="refined", stage=2)
+    class Task(LabelSetTask):  # `wsss pseudolabel`'s carrier, without the label-set run
+        def predict_step(self, batch: Any, batch_idx: int) -> None:
+            return None
 
     class Recording(StageProgressBar):
         def on_predict_batch_end(self, trainer: Any, pl_module: Any, *args: Any, **kwargs: Any) -> None:
@@ -411,10 +415,14 @@ def test_progress_bar_names_a_pseudolabel_run_set_up_by_a_later_callback(tmp_pat
             super().on_predict_batch_end(trainer, pl_module, *args, **kwargs)
 
     loader = DataLoader(RandomDataset(32, 3), batch_size=1)
-    for callbacks, expected in (([], ("Predicting", "img")), ([Writer()], ("Pseudo-labels (refined, stage 2)", "img"))):
+    task = Task(BoringModel(), None, LabelSet(tmp_path / "set"), "refined", 2, {}, LabelRunOptions())
+    for model, expected in (
+        (BoringModel(), ("Predicting", "img")),
+        (task, ("Pseudo-labels (refined, stage 2)", "img")),
+    ):
         bar = Recording()
-        trainer = Trainer(logger=False, callbacks=[bar, *callbacks], default_root_dir=tmp_path)
-        trainer.predict(BoringModel(), loader, return_predictions=False)
+        trainer = Trainer(logger=False, callbacks=[bar], default_root_dir=tmp_path)
+        trainer.predict(model, loader, return_predictions=False)
         assert (bar.seen[0].rstrip(": "), bar.seen[1]) == expected
 
 
@@ -474,7 +482,7 @@ def test_logger_configs_compose_onto_an_experiment(logger, class_path, capsys):
 
 @pytest.mark.parametrize("name", ["voc_auxseg", "voc_ssnet", "coco_auxseg", "demo_auxseg", "demo_ssnet"])
 def test_experiment_configs_carry_the_run_page_callbacks(name):
-    config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    config = load_config(CONFIGS / f"{name}.yaml")
     callbacks = [c["class_path"] for c in config["trainer"]["callbacks"]]
     assert "wsss_lightning.callbacks.wandb_media.WandbMedia" in callbacks
     assert "wsss_lightning.callbacks.throughput.Throughput" in callbacks

@@ -1,8 +1,9 @@
 """The ``wsss`` command.
 
 Training subcommands run on LightningCLI (``fit``, ``validate``, ``test``, ``predict``, ``pseudolabel``): they
-share configs (``--config`` repeats and composes, ``--print_config`` shows the resolved result, any value is
-overridable, e.g. ``--data.root /datasets/VOCdevkit/VOC2012``). ``data.num_classes`` is linked to the model.
+share configs (``--config`` repeats and composes, a file's ``__base__`` list names the pieces it builds on —
+``config_files.py`` —, ``--print_config`` shows the resolved result, any value is overridable, e.g.
+``--data.root /datasets/VOCdevkit/VOC2012``). ``data.num_classes`` is linked to the model.
 
 Non-training subcommands share the entry point:
 
@@ -62,6 +63,14 @@ def _cli_class():
             commands = LightningCLI.subcommands()
             commands["pseudolabel"] = {"model", "datamodule"}
             return commands
+
+        def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+            """Config files with ``__base__`` become repeated ``--config`` (``config_files.py``), from the shell too."""
+            from wsss_lightning.config_files import expand_config_args
+
+            if args is None or isinstance(args, list):
+                args = expand_config_args(sys.argv[1:] if args is None else list(args))
+            super().parse_arguments(parser, args)
 
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
             parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -134,9 +143,11 @@ def data_parser(argv: list[str]):
 
 
 def data_check(argv: list[str]) -> int:
+    from wsss_lightning.config_files import expand_config_args
     from wsss_lightning.data.check import check_datamodule
     from wsss_lightning.data.io import DatasetError
 
+    argv = expand_config_args(argv)
     parser = data_parser(argv)
     config = parser.parse_args(argv)
     try:
@@ -180,9 +191,18 @@ def main(argv: list[str] | None = None) -> int:
         return evaluate_main(argv[1:])
     if argv[0] == "data":
         return data_main(argv[1:])
-    # From the shell, let LightningCLI read sys.argv itself (passing the same list again makes it warn that
-    # args and command-line arguments were both given); in-process callers pass their own list.
-    _cli_class()(None if from_shell else argv)
+    from wsss_lightning.config_files import ConfigError, expand_config_args
+
+    try:
+        expand_config_args(argv)  # a broken __base__ chain is reported here, in one line (the CLI expands again)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    saved, sys.argv = sys.argv, sys.argv if from_shell else sys.argv[:1]
+    try:  # LightningCLI reads sys.argv itself from the shell; in-process callers' lists go through `args`
+        _cli_class()(None if from_shell else argv)
+    finally:
+        sys.argv = saved
     _finish_wandb()
     return 0
 

@@ -1,4 +1,4 @@
-"""Loss functions shared by SSNet and AuxSegNet (methods.md §1.4, §2.5). Pure functions of tensors.
+"""Loss functions shared by SSNet and AuxSegNet (docs/method_notes.md §1.4, §2.5). Pure functions of tensors.
 
 Conventions: ``B`` batch, ``C`` classes including background (index 0), ``K = C - 1`` foreground classes.
 Pixel targets use ``255`` (:data:`~wsss_lightning.data.palette.IGNORE_INDEX`) for "ignore". Every pixel loss is
@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 SaliencyLossForm = Literal["linear", "log"]
-# Clamp of S in the log form of the SSNet saliency loss (methods.md §1.4).
+# Clamp of S in the log form of the SSNet saliency loss (docs/method_notes.md §1.4).
 LOG_FORM_EPS = 1e-6
 
 
@@ -77,7 +77,7 @@ def ssnet_saliency_loss(
     target: Tensor,
     form: SaliencyLossForm = "linear",
 ) -> Tensor:
-    """SSNet saliency loss ``L_s1`` on the SAM output (methods.md §1.3–1.4).
+    """SSNet saliency loss ``L_s1`` on the SAM output (docs/method_notes.md §1.3–1.4).
 
     * ``"linear"`` (default, what the official code optimises: ``nll_loss`` fed with probabilities ``[B, S]``):
       ``-mean_x [ g·S + (1 - g)·B ]``.
@@ -112,7 +112,7 @@ def ssnet_saliency_loss(
 
 
 def saliency_bce_loss(logits: Tensor, target: Tensor, threshold: float = 0.5) -> Tensor:
-    """AuxSegNet saliency loss (``L_sal1`` / ``L_sal2``, methods.md §2.5).
+    """AuxSegNet saliency loss (``L_sal1`` / ``L_sal2``, docs/method_notes.md §2.5).
 
     The logits are upsampled bilinearly (``align_corners=False``) to the target size; the target is binarised
     as ``target > threshold`` (the code's ``> 0.5 -> 1, <= 0.5 -> 0``); BCE-with-logits is averaged over the

@@ -17,10 +17,12 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from wsss_lightning.callbacks.label_sets import pending_names
-from wsss_lightning.callbacks.prediction_writer import MaskWriter, PseudoLabelSetWriter
-from wsss_lightning.data.collate import pad_collate
+from wsss_lightning.callbacks.prediction_writer import MaskWriter
 from wsss_lightning.data.io import atomic_write_text
+from wsss_lightning.label_runner import LabelRunOptions, label_config, run_label_set
+from wsss_lightning.modules.base import WSSSModule
+from wsss_lightning.pseudo.health import HealthPolicy
+from wsss_lightning.pseudo.label_set import LabelSet
 
 OUTPUT_MARKER = ".wsss_output.json"
 
@@ -55,8 +57,6 @@ class WSSSTrainer(L.Trainer):
     a run is moved or repeated by changing ``--trainer.default_root_dir`` alone.
     """
 
-    results_json: str | None = None
-
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         for callback in self.checkpoint_callbacks:
@@ -71,8 +71,17 @@ class WSSSTrainer(L.Trainer):
             verbose: also print Lightning's flat metric table (our labelled table is always printed).
             results_json: where to write the results (default ``<log_dir>/test_results.json``).
         """
-        self.results_json = results_json
-        return super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+        output = super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+        module = self.lightning_module
+        if self.is_global_zero and isinstance(module, WSSSModule) and module.test_results:
+            path = (
+                Path(results_json)
+                if results_json
+                else Path(self.log_dir or self.default_root_dir) / "test_results.json"
+            )
+            atomic_write_text(path, json.dumps(module.test_results, indent=2, allow_nan=False))
+            print(f"test results written to {path}")
+        return output
 
     def predict(self, model=None, dataloaders=None, datamodule=None, return_predictions=None, ckpt_path=None,
                 weights_only: bool | None = None, out_dir: str | None = None):  # fmt: skip
@@ -90,7 +99,7 @@ class WSSSTrainer(L.Trainer):
 
     def pseudolabel(
         self,
-        model: L.LightningModule,
+        model: WSSSModule,
         datamodule: L.LightningDataModule,
         ckpt_path: str | None = None,
         out_dir: str = "pseudo_labels/manual",
@@ -103,6 +112,9 @@ class WSSSTrainer(L.Trainer):
     ) -> dict | None:
         """Write pseudo-labels for the training ids from a checkpoint (resumable: finished ids are kept).
 
+        The same runner as the refreshes of ``wsss fit`` writes the set (``label_runner.py``); Lightning's predict
+        only carries it onto every device (DDP processes, precision).
+
         Args:
             ckpt_path: the checkpoint to label with (``last``/``best``/path); none = the model as configured.
             out_dir: the label set's folder (``seg/``, ``sal/``, ``manifest.json``, ``quality.json``).
@@ -113,29 +125,82 @@ class WSSSTrainer(L.Trainer):
             crf_workers: CPU processes for CRF and PNG encoding.
             verify_checksums: re-hash reused files before trusting them.
         """
-        out = Path(out_dir)
+        label_set = LabelSet(out_dir)
         if self.is_global_zero:  # a label set of ours shows by its manifest (sets written by `wsss fit` too)
-            claim_output_dir(out, "pseudolabel", ours=("manifest.json", "manifest.rank*.jsonl"))
-        if ckpt_path not in (None, "last", "best", "hpc"):
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            step = int(state.get("global_step", 0))
-        else:
-            step = 0
-        dataset = datamodule.refresh_dataset()
-        config = {**model.label_config(kind), "stage": stage, "model_step": step}
-        pending = pending_names(out, config, dataset.ids, verify_checksums)
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, pending),
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=pad_collate,
-        )
-        reused = len(dataset.ids) - len(pending)
-        writer = PseudoLabelSetWriter(datamodule, out, kind, stage, config, crf_workers, reused)
-        if not pending:  # everything is written already: only re-merge and re-score (no model run needed)
-            writer.on_predict_start(self, model)
-            writer.on_predict_end(self, model)
-            return writer.record
-        self.callbacks.append(writer)
-        super().predict(model, dataloaders=loader, datamodule=None, return_predictions=False, ckpt_path=ckpt_path)
-        return writer.record
+            claim_output_dir(label_set.root, "pseudolabel", ours=("manifest.json", "manifest.rank*.jsonl"))
+        step = 0
+        resolved = resolve_checkpoint(self, ckpt_path)
+        if resolved is not None:
+            step = load_weights(model, resolved)
+        datamodule.setup("fit")
+        options = LabelRunOptions(batch_size, num_workers, crf_workers, verify_checksums)
+        task = LabelSetTask(model, datamodule, label_set, kind, stage, label_config(model, kind, stage, step), options)
+        # one item per rank: the task's single predict step runs the whole (sharded) set
+        carrier = torch.utils.data.DataLoader(list(range(self.world_size)), batch_size=1)
+        super().predict(task, dataloaders=carrier, return_predictions=False)
+        if task.record is not None:
+            # a set written on request is kept whatever its health; a degenerate one is announced loudly
+            HealthPolicy(action="warn").check(task.record, f"the label set in {label_set.root}")
+        return task.record
+
+
+class LabelSetTask(L.LightningModule):
+    """Carries ``wsss pseudolabel`` through Lightning's predict loop (devices, DDP processes, precision): its one
+    predict step runs :func:`~wsss_lightning.label_runner.run_label_set` with the wrapped method."""
+
+    def __init__(
+        self,
+        method: WSSSModule,
+        datamodule: L.LightningDataModule,
+        label_set: LabelSet,
+        kind: str,
+        stage: int,
+        config: dict,
+        options: LabelRunOptions,
+    ) -> None:
+        super().__init__()
+        self.method = method
+        self.label_datamodule = datamodule
+        self.label_set = label_set
+        self.kind = kind
+        self.label_stage = stage
+        self.config = config
+        self.options = options
+        self.record: dict | None = None
+
+    def configure_model(self) -> None:
+        self.method.configure_model()  # the method's speed switches (channels-last, compile)
+
+    def predict_step(self, batch, batch_idx: int) -> None:
+        self.record = run_label_set(
+            self.trainer, self.method, self.label_datamodule, self.label_set, self.kind, self.label_stage,
+            self.config, self.options,
+        )  # fmt: skip
+
+
+def load_weights(model: L.LightningModule, path: str | Path) -> int:
+    """Load a Lightning checkpoint's weights into ``model`` (``weights_only``); returns its global step."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["state_dict"])
+    return int(state.get("global_step", 0))
+
+
+def resolve_checkpoint(trainer: L.Trainer, ckpt_path: str | None) -> Path | None:
+    """``None`` (the model as configured), ``last`` / ``best`` of the run's checkpoint folder, or a file."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path in ("last", "best"):
+        callback = trainer.checkpoint_callback
+        if not isinstance(callback, ModelCheckpoint):
+            raise FileNotFoundError(f"--ckpt_path {ckpt_path} needs a ModelCheckpoint callback in the config")
+        path = callback.best_model_path if ckpt_path == "best" else ""
+        folder = Path(callback.dirpath or Path(trainer.default_root_dir) / "checkpoints")
+        candidates = sorted(folder.glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        path = path or (str(candidates[-1]) if candidates else "")
+        if not path:
+            raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no checkpoint in {folder}")
+        return Path(path)
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such file")
+    return path

@@ -16,26 +16,35 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
+from torch.utils.data import DataLoader
+
+from wsss_lightning.callbacks.pseudo_label_refresh import PseudoLabelRefresh
+from wsss_lightning.modules.base import WSSSModule
+from wsss_lightning.trainer import LabelSetTask
 
 __all__ = ["StageProgressBar", "stage_description"]
 
 
-def _stage_callback(trainer: L.Trainer) -> Any | None:
-    """The stage pipeline callback of the run (anything with ``stage_of_epoch`` and ``epochs_per_stage``)."""
+def _stage_callback(trainer: L.Trainer) -> PseudoLabelRefresh | None:
+    """The stage pipeline callback of the run."""
     for callback in trainer.callbacks:
-        if hasattr(callback, "stage_of_epoch") and hasattr(callback, "epochs_per_stage"):
+        if isinstance(callback, PseudoLabelRefresh):
             return callback
     return None
 
 
 def _batch_size(loader: Any) -> int | None:
     """A loader's batch size; Lightning re-creates predict loaders with a batch sampler (``batch_size`` None)."""
-    size = getattr(loader, "batch_size", None)
-    return size if size is not None else getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+    if not isinstance(loader, DataLoader):
+        return None
+    if loader.batch_size is not None:
+        return loader.batch_size
+    # a BatchSampler, or Lightning's wrapper of one (which copies the sampler's attributes into its own __dict__)
+    return vars(loader.batch_sampler).get("batch_size") if loader.batch_sampler is not None else None
 
 
-def stage_description(stages: Any | None, epoch: int, max_epochs: int | None) -> str:
-    """Human-readable position of 0-based ``epoch`` in the schedule of a ``PseudoLabelRefresh``-like ``stages``.
+def stage_description(stages: PseudoLabelRefresh | None, epoch: int, max_epochs: int | None) -> str:
+    """Human-readable position of 0-based ``epoch`` in the schedule of a ``PseudoLabelRefresh``.
 
     Args:
         stages: has ``warmup_epochs``, ``num_stages``, ``epochs_per_stage`` (list) and ``stage_of_epoch(epoch)``;
@@ -77,7 +86,7 @@ class StageProgressBar(TQDMProgressBar):
 
     @staticmethod
     def _loader_name(pl_module: L.LightningModule, stage: str, dataloader_idx: int) -> str:
-        names = pl_module.loader_names(stage) if hasattr(pl_module, "loader_names") else []
+        names = pl_module.loader_names(stage) if isinstance(pl_module, WSSSModule) else []
         return names[dataloader_idx] if dataloader_idx < len(names) else f"DataLoader {dataloader_idx}"
 
     def on_validation_batch_start(
@@ -104,11 +113,8 @@ class StageProgressBar(TQDMProgressBar):
         changed = self._current_eval_dataloader_idx != dataloader_idx
         super().on_predict_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
         if changed:
-            # Decided here, not in on_predict_start: the label-set writer of `wsss pseudolabel` is a callback added
-            # after this bar, so its request exists only once every on_predict_start hook has run.
-            request = getattr(pl_module, "label_request", None)
-            if request is not None:
-                self._predict_description = f"Pseudo-labels ({request.kind}, stage {request.stage})"
+            if isinstance(pl_module, LabelSetTask):  # `wsss pseudolabel`: the runner shows its own image count
+                self._predict_description = f"Pseudo-labels ({pl_module.kind}, stage {pl_module.label_stage})"
             else:
                 self._predict_description = "Predicting"
             loaders = trainer.predict_dataloaders

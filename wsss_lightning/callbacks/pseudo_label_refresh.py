@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from tqdm.auto import tqdm
 
-from wsss_lightning.callbacks.label_sets import LabelSetRun, label_config, log_record, pending_names
+from wsss_lightning.label_runner import LabelRunOptions, label_config, run_label_set
+from wsss_lightning.modules.base import WSSSModule
 from wsss_lightning.pseudo.health import HealthPolicy
+from wsss_lightning.pseudo.label_set import LabelSet
 
 log = logging.getLogger(__name__)
 
@@ -156,18 +156,16 @@ class PseudoLabelRefresh(Callback):
             log.info("max_epochs set to %d by PseudoLabelRefresh (warm-up + stages)", self.total_epochs)
         trainer.fit_loop.max_epochs = self.total_epochs
         if self.initial_labels == "given" and 0 not in self.label_sets:
-            datamodule = trainer.datamodule
-            given = getattr(datamodule, "pseudo_label_dir", None)
+            given = trainer.datamodule.given_label_set()
             if given is None:
                 raise ValueError("initial_labels='given' needs --data.pseudo_label_dir")
-            given = datamodule.path(given)  # relative to the data root, as every data folder
-            self.label_sets[0] = str(given.parent if given.name == "seg" else given)
+            self.label_sets[0] = str(given.root)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A pending refresh (resumed inside one) waits for on_train_start: the global step (part of the labels'
         # config hash) and the optimiser are restored only after this hook.
         if self.pending is None and self.stage == 0 and 0 not in self.label_sets and self.initial_labels == "cam":
-            self._refresh(trainer, pl_module, "initial", 0)
+            self._refresh(trainer, pl_module, pl_module.initial_label_kind(), 0)
         self._apply_stage(trainer, pl_module, fresh=False)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -206,7 +204,7 @@ class PseudoLabelRefresh(Callback):
         """The end of the warm-up or of a stage: refresh the labels the next stage trains on, then switch."""
         next_stage = self.stage + 1
         if self.stage == -1:
-            self._refresh(trainer, pl_module, "initial", 0)
+            self._refresh(trainer, pl_module, pl_module.initial_label_kind(), 0)
         elif next_stage < self.num_stages or self.refresh_after_last_stage:
             self._refresh(trainer, pl_module, pl_module.refresh_kind(next_stage), next_stage)
         if next_stage < self.num_stages:
@@ -222,52 +220,38 @@ class PseudoLabelRefresh(Callback):
     def _apply_stage(self, trainer: L.Trainer, pl_module: L.LightningModule, fresh: bool) -> None:
         """Point the data at the stage's labels, set the module's phase and its LR segment."""
         label_set = self.label_sets.get(self.stage)
-        datamodule = trainer.datamodule
-        if label_set is not None and datamodule is not None:
-            sal, images = Path(label_set) / "sal", Path(label_set) / "images"
-            datamodule.set_pseudo_labels(
-                Path(label_set) / "seg", sal if sal.is_dir() else None, images if images.is_dir() else None
-            )
+        if label_set is not None:
+            trainer.datamodule.use_label_set(LabelSet(label_set))
         pl_module.enter_stage(self.stage, self.stage_start_step, self._stage_epochs(self.stage), reset_optimizer=fresh)
 
     # ------------------------------------------------------------------------------------------ refresh
 
     def _refresh(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, kind: str, stage: int, save_checkpoint: bool = True
+        self, trainer: L.Trainer, pl_module: WSSSModule, kind: str, stage: int, save_checkpoint: bool = True
     ) -> None:
-        out_dir = self._root(trainer) / f"stage{stage}"
+        label_set = LabelSet(self._root(trainer) / f"stage{stage}")
         # `advance` / `start_step`: the stage switch that follows, redone on resume if the run dies before it.
         advance = stage < self.num_stages and stage > self.stage
         self.pending = {
-            "kind": kind, "stage": stage, "dir": str(out_dir), "advance": advance, "start_step": trainer.global_step,
+            "kind": kind, "stage": stage, "dir": str(label_set.root), "advance": advance,
+            "start_step": trainer.global_step,
         }  # fmt: skip
         if save_checkpoint:  # not when resuming: the checkpoint we resumed from already holds this state
             self._save_refresh_checkpoint(trainer)
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            config = {**label_config(trainer, pl_module, kind, stage), "run_id": self.run_id}
-            run = LabelSetRun(trainer, pl_module, trainer.datamodule, kind, stage, out_dir, config, self.crf_workers)
-            pending = pending_names(out_dir, run.config, run.names, self.verify_checksums)
-            trainer.strategy.barrier("pseudo_label_pending")  # every rank read the manifests before any write
-            loader = run.shard_loader(pending, self.batch_size, self.num_workers)
-            progress = tqdm(
-                total=len(loader.dataset), desc=f"pseudo-labels stage {stage} ({kind})", unit="img",
-                disable=not trainer.is_global_zero or trainer.progress_bar_callback is None, leave=False,
-            )  # fmt: skip
-            with torch.no_grad():
-                for batch in loader:
-                    progress.update(run.submit(batch))
-            progress.close()
-            record = run.finish(reused=len(run.names) - len(pending))
-        finally:
-            pl_module.train(was_training)
+        config = {**label_config(pl_module, kind, stage, trainer.global_step), "run_id": self.run_id}
+        options = LabelRunOptions(
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            crf_workers=self.crf_workers,
+            verify_checksums=self.verify_checksums,
+            progress=trainer.progress_bar_callback is not None,
+        )
+        record = run_label_set(trainer, pl_module, trainer.datamodule, label_set, kind, stage, config, options)
         self.history.append(record)
-        self.label_sets[stage] = str(out_dir)
+        self.label_sets[stage] = str(label_set.root)
         self.pending = None
-        log_record(trainer, record)
         # After the set is written, scored and logged (so it can be inspected): stop on a degenerate set.
-        self.health.check(record, f"the stage-{stage} label set ({kind}, {out_dir})")
+        self.health.check(record, f"the stage-{stage} label set ({kind}, {label_set.root})")
 
     def _save_refresh_checkpoint(self, trainer: L.Trainer) -> None:
         callback = trainer.checkpoint_callback

@@ -34,12 +34,17 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 
+from wsss_lightning.callbacks.pseudo_label_refresh import PseudoLabelRefresh
+from wsss_lightning.data.datamodule import WSSSDataModule
 from wsss_lightning.data.io import read_image, read_label, read_saliency
 from wsss_lightning.data.palette import IGNORE_INDEX
 from wsss_lightning.data.transforms import normalize_image
+from wsss_lightning.modules.base import WSSSModule
+from wsss_lightning.modules.protocol import LabelSetListener
+from wsss_lightning.pseudo.label_set import LabelSet
 from wsss_lightning.utils.visualize import (
     colorize_label,
     grey,
@@ -86,10 +91,9 @@ def wandb_loggers(trainer: L.Trainer) -> list[WandbLogger]:
 
 def run_is_online(logger: WandbLogger) -> bool:
     """True when the logger's run streams to a W&B server (not offline, not disabled). Rank 0 only."""
-    if getattr(logger, "_offline", False):
+    if logger._offline:
         return False
-    settings = getattr(logger.experiment, "settings", None)
-    return getattr(settings, "mode", None) == "online"
+    return logger.experiment.settings.mode == "online"
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -255,14 +259,14 @@ def log_label_set_artifact(trainer: L.Trainer, record: dict[str, Any]) -> int:
 # ------------------------------------------------------------------------------------------------ the callback
 
 
-def _stage_callback(trainer: L.Trainer) -> Any | None:
+def _stage_callback(trainer: L.Trainer) -> PseudoLabelRefresh | None:
     for callback in trainer.callbacks:
-        if hasattr(callback, "history") and hasattr(callback, "stage_of_epoch"):
+        if isinstance(callback, PseudoLabelRefresh):
             return callback
     return None
 
 
-class WandbMedia(Callback):
+class WandbMedia(Callback, LabelSetListener):
     """Tables, image panels, per-stage charts and (online) checkpoint artifacts on the W&B run page.
 
     Args:
@@ -312,10 +316,9 @@ class WandbMedia(Callback):
             return
         for logger in wandb_loggers(trainer):
             run = logger.experiment
-            if hasattr(run, "define_metric"):
-                # Pseudo-label quality is plotted against the stage, not the step (setup runs before any refresh).
-                run.define_metric("pseudo/stage")
-                run.define_metric("pseudo/*", step_metric="pseudo/stage")
+            # Pseudo-label quality is plotted against the stage, not the step (setup runs before any refresh).
+            run.define_metric("pseudo/stage")
+            run.define_metric("pseudo/*", step_metric="pseudo/stage")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:  # fit's validations and `wsss validate`; never the sanity check
@@ -328,7 +331,8 @@ class WandbMedia(Callback):
         self._log_results(trainer, pl_module, "test", True)
 
     def on_label_set_end(self, trainer: L.Trainer, pl_module: L.LightningModule, record: dict[str, Any]) -> None:
-        """Called by ``label_sets.log_record`` (rank 0) when a set is finished, before the next stage begins."""
+        """Called by the label-set runner (rank 0) when a set is finished, before the next stage begins."""
+        log_label_set_artifact(trainer, record)  # online W&B runs only: the set becomes a `pseudo_labels` artifact
         if trainer.state.fn == "fit":  # the stage pipeline (``wsss pseudolabel`` has no stages to compare)
             self._log_new_label_sets(trainer, pl_module)
 
@@ -342,7 +346,9 @@ class WandbMedia(Callback):
         if not (self.log_checkpoint and trainer.is_global_zero):
             return
         callback = trainer.checkpoint_callback
-        path = getattr(callback, "best_model_path", "") or getattr(callback, "last_model_path", "")
+        if not isinstance(callback, ModelCheckpoint):
+            return
+        path = callback.best_model_path or callback.last_model_path
         if not path or not Path(path).is_file():
             return
         online = [logger for logger in wandb_loggers(trainer) if run_is_online(logger) and not logger._log_model]
@@ -350,7 +356,7 @@ class WandbMedia(Callback):
             return
         import wandb
 
-        alias = "best" if path == getattr(callback, "best_model_path", "") else "last"
+        alias = "best" if path == callback.best_model_path else "last"
         for logger in online:
             run = logger.experiment
             artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata={"path": str(path)})
@@ -364,7 +370,7 @@ class WandbMedia(Callback):
         if not loggers or not trainer.is_global_zero:
             return
         start = time.perf_counter()
-        results = getattr(pl_module, "eval_results", {}).get(prefix)
+        results = pl_module.eval_results.get(prefix) if isinstance(pl_module, WSSSModule) else None
         step = trainer.global_step
         if results:
             rows = iou_table_rows(results)
@@ -377,9 +383,8 @@ class WandbMedia(Callback):
                     logger.log_table(f"{prefix}/saliency_table", columns, rows, step=step)
         if panels and self.num_images:
             datamodule = trainer.datamodule
-            split = getattr(datamodule, "test_split", None) if prefix == "test" else None
-            split = split or getattr(getattr(datamodule, "hparams", None), "val_split", None)
-            if split is not None and hasattr(datamodule, "eval_dataset"):
+            if isinstance(datamodule, WSSSDataModule):
+                split = datamodule.test_split if prefix == "test" else datamodule.hparams.val_split
                 dataset = self._dataset(f"eval:{split}", lambda: datamodule.eval_dataset(split))
                 ids = list(range(min(self.num_images, len(dataset))))
                 self._log_panels(trainer, pl_module, loggers, f"{prefix}_media", dataset, ids)
@@ -435,17 +440,17 @@ class WandbMedia(Callback):
             pseudo = updated = None
             files: dict[str, Path] = {}
             if label_set is not None:
-                files = self._label_set_files(label_set, name) or {}
+                files = LabelSet(label_set).files_of(name) or {}
                 if not files:
                     continue
                 pseudo = read_label(files["seg"])
-                if "image" in files:  # an augmented copy: its own image and warped ground truth
-                    image = read_image(files["image"])
+                if "images" in files:  # an augmented copy: its own image and warped ground truth
+                    image = read_image(files["images"])
                     gt = read_label(files["gt"]) if "gt" in files else None
                 if "sal" in files:
                     updated = read_saliency(files["sal"]).astype(np.float32) / 255.0
             prediction, maps = self._model_outputs(pl_module, image, cls_label)
-            offshelf = None if "image" in files else self._offshelf_saliency(datamodule, name)
+            offshelf = None if "images" in files else self._offshelf_saliency(datamodule, name)
             present = [int(k) for k in np.flatnonzero(np.asarray(cls_label) > 0)]
             panel = build_panel(
                 name, image, class_names, present, gt, prediction, pseudo, maps, offshelf, updated,
@@ -458,24 +463,6 @@ class WandbMedia(Callback):
                     f"{prefix}/{name}", panel.images, step=trainer.global_step, caption=captions,
                     masks=panel.wandb_masks(class_names),
                 )  # fmt: skip
-
-    @staticmethod
-    def _label_set_files(folder: Path, name: str) -> dict[str, Path] | None:
-        """The files of id ``name`` in a label set: ``seg`` (+ ``sal``), or for a set of augmented copies (SSNet)
-        the first copy ``<name>_0`` with its ``image`` (+ ``gt``, the ground truth warped like the copy)."""
-        seg = folder / "seg" / f"{name}.png"
-        if seg.is_file():
-            files = {"seg": seg}
-            if (folder / "sal" / f"{name}.png").is_file():
-                files["sal"] = folder / "sal" / f"{name}.png"
-            return files
-        copy = f"{name}_0"
-        if (folder / "seg" / f"{copy}.png").is_file() and (folder / "images" / f"{copy}.png").is_file():
-            files = {"seg": folder / "seg" / f"{copy}.png", "image": folder / "images" / f"{copy}.png"}
-            if (folder / "gt" / f"{copy}.png").is_file():
-                files["gt"] = folder / "gt" / f"{copy}.png"
-            return files
-        return None
 
     # -------------------------------------------------------------------------------------- label sets
 
@@ -529,7 +516,7 @@ class WandbMedia(Callback):
                 )
                 logger.log_metrics({"pseudo_health/chart": health}, step=step)
         datamodule = trainer.datamodule
-        if self.num_images and hasattr(datamodule, "refresh_dataset"):
+        if self.num_images and isinstance(datamodule, WSSSDataModule):
             dataset = self._dataset("refresh", datamodule.refresh_dataset)
             indices = self._pseudo_indices(datamodule, dataset)
             for record in new:

@@ -276,8 +276,8 @@ def check_datamodule(
                 )  # fmt: skip
             elif role == "train":
                 seg_dir = datamodule.train_gt_dir() if hp.train_target == "gt" else None
-                pseudo = datamodule.path(datamodule.pseudo_label_dir) if hp.train_target == "pseudo" else None
-                pseudo_sal = datamodule.path(datamodule.pseudo_saliency_dir)
+                pseudo, pseudo_sal = datamodule.pseudo_label_folders()
+                pseudo = pseudo if hp.train_target == "pseudo" else None
                 labels = datamodule.train_labels()
                 if labels.source == "masks":
                     seg_dir = datamodule.train_gt_dir()

@@ -1,6 +1,6 @@
 """Convert MS COCO 2014 instance annotations to WSSS-form semantic masks and image-level labels.
 
-WSSS code on COCO (methods §2.13, §3.3) wants, per image, a class-index PNG (0 = background, 1..80 = the 80
+WSSS code on COCO (method_notes §2.13, §3.3) wants, per image, a class-index PNG (0 = background, 1..80 = the 80
 thing classes in increasing COCO category-id order, 255 = ignore) and the list of classes present. This
 module builds both from ``annotations/instances_{train,val}2014.json`` with ``pycocotools.mask``::
 

@@ -38,6 +38,7 @@ from wsss_lightning.data.palette import COCO_CLASSES, VOC_CLASSES, default_class
 from wsss_lightning.data.saliency import SaliencyDataset, canonical_name
 from wsss_lightning.data.splits import ListEntry, read_id_list, resolve_split_file
 from wsss_lightning.data.transforms import ResizeOnly, RotateCropResize, ScaleCropFlip
+from wsss_lightning.pseudo.label_set import LabelSet
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +148,9 @@ class WSSSDataModule(L.LightningDataModule):
             raise ValueError(f"num_classes={num_classes} but {len(class_names)} class_names were given")
         self.class_names: list[str] = list(class_names)
         self.num_classes: int = len(self.class_names)
-        self.pseudo_label_dir = pseudo_label_dir
-        self.pseudo_saliency_dir = pseudo_saliency_dir
-        self.pseudo_image_dir: str | None = None
+        # The label set training reads (the stage callback's current set, or a given one); None: the folders
+        # pseudo_label_dir / pseudo_saliency_dir as configured.
+        self.label_set: LabelSet | None = None
         self._entries: dict[str, list[ListEntry]] = {}
         self._train_labels: ImageLabels | None = None
 
@@ -235,34 +236,29 @@ class WSSSDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------------------------ pseudo-labels
 
-    def set_pseudo_labels(
-        self, seg_dir: str | Path | None, sal_dir: str | Path | None = None, image_dir: str | Path | None = None
-    ) -> None:
-        """Point training at new pseudo-label folders; takes effect at the next ``train_dataloader()``.
+    def use_label_set(self, label_set: LabelSet | None) -> None:
+        """Train on ``label_set`` from the next ``train_dataloader()`` on (the stage callback calls this at every
+        stage switch): its ``seg`` maps, its ``sal`` maps where it has them (else the off-the-shelf saliency), and
+        for a set of copies its own images (SSNet stage 2)."""
+        self.label_set = label_set
 
-        ``image_dir``: the label set carries its own (augmented) images, named ``<id>_<t>`` (SSNet stage 2);
-        training then iterates over that set's files instead of the split's ids.
-        """
+    def given_label_set(self) -> LabelSet | None:
+        """The label set a configured ``pseudo_label_dir`` belongs to (``<set>/seg`` or the set folder itself;
+        relative paths resolve against root), or None when it is not a set's folder."""
+        if self.hparams.pseudo_label_dir is None:
+            return None
+        seg = self.path(self.hparams.pseudo_label_dir)
+        root = seg.parent if seg.name == "seg" else seg
+        return LabelSet(root) if (root / "seg").is_dir() else None
 
-        def absolute(folder: str | Path | None) -> str | None:
-            # Absolute, so that relative folders of the caller are not re-rooted at the dataset root.
-            return str(Path(folder).resolve()) if folder is not None else None
-
-        self.pseudo_label_dir = absolute(seg_dir)
-        self.pseudo_saliency_dir = absolute(sal_dir)
-        self.pseudo_image_dir = absolute(image_dir)
-
-    def adopt_given_label_set(self) -> None:
-        """A configured ``pseudo_label_dir`` that belongs to a label set with its own images (SSNet copies
-        ``<id>_<t>``: ``<set>/seg`` next to ``<set>/images``; the set folder itself is accepted too) is served as
-        that set, as the stage callback would (:meth:`set_pseudo_labels`). Relative paths resolve against root."""
-        if self.pseudo_label_dir is None or self.pseudo_image_dir is not None:
-            return
-        seg = self.path(self.pseudo_label_dir)
-        if seg.name != "seg" and (seg / "seg").is_dir():
-            seg = seg / "seg"
-        if (seg.parent / "images").is_dir():
-            self.set_pseudo_labels(seg, self.path(self.pseudo_saliency_dir), seg.parent / "images")
+    def pseudo_label_folders(self) -> tuple[Path | None, Path | None]:
+        """The folders training reads its segmentation and saliency pseudo-labels from (None: none / the
+        off-the-shelf saliency): the current label set's, else the configured ``pseudo_label_dir`` /
+        ``pseudo_saliency_dir``."""
+        hp = self.hparams
+        if self.label_set is not None:
+            return self.label_set.folder("seg"), self.label_set.folder_if("sal")
+        return self.path(hp.pseudo_label_dir), self.path(hp.pseudo_saliency_dir)
 
     # ------------------------------------------------------------------------------------------ datasets
 
@@ -280,25 +276,22 @@ class WSSSDataModule(L.LightningDataModule):
         return None
 
     def uses_label_set(self) -> bool:
-        """True when training iterates a label set with its own images (see :meth:`set_pseudo_labels`)."""
-        return (
-            self.hparams.train_target == "pseudo"
-            and self.pseudo_image_dir is not None
-            and self.pseudo_label_dir is not None
-        )
+        """True when training iterates a label set of copies with their own images (SSNet stage 2)."""
+        return self.hparams.train_target == "pseudo" and self.label_set is not None and self.label_set.layout().copies
 
     def train_dataset(self) -> SegmentationDataset:
         hp = self.hparams
         split = hp.train_split
         if self.uses_label_set():
             return self.label_set_dataset()
+        pseudo_seg, pseudo_sal = self.pseudo_label_folders()
         if hp.train_target == "gt":
             seg_dir, seg_required = self.train_gt_dir(), True
-        elif hp.train_target == "pseudo" and self.pseudo_label_dir is not None:
-            seg_dir, seg_required = self.path(self.pseudo_label_dir), True
+        elif hp.train_target == "pseudo" and pseudo_seg is not None:
+            seg_dir, seg_required = pseudo_seg, True
         else:
             seg_dir, seg_required = None, False
-        sal_source = self.pseudo_saliency_dir or hp.saliency_dir
+        sal_dir = pseudo_sal or self.path(hp.saliency_dir)
         transform = self._train_transform()
         return SegmentationDataset(
             self.entries(split),
@@ -306,9 +299,9 @@ class WSSSDataModule(L.LightningDataModule):
             self.num_classes,
             labels=self.train_labels(),
             seg_dir=seg_dir,
-            sal_dir=self.path(sal_source),
+            sal_dir=sal_dir,
             seg_required=seg_required,
-            sal_required=sal_source is not None,
+            sal_required=sal_dir is not None,
             transform=transform,
             defer_transform=hp.scale_mode == "batch" and isinstance(transform, ScaleCropFlip),
         )
@@ -316,14 +309,16 @@ class WSSSDataModule(L.LightningDataModule):
     def label_set_dataset(self) -> SegmentationDataset:
         """Training on a label set with its own images ``<id>_<t>`` (SSNet stage 2): labels of the parent id,
         augmentation ``label_set_augmentation`` (the copies are augmented already)."""
-        seg_dir = Path(self.pseudo_label_dir)
+        if self.label_set is None:
+            raise DatasetError("no label set of copies to train on")
+        seg_dir = self.label_set.folder("seg")
         entries = [ListEntry(stem, seg_dir, 0) for stem in list_images(seg_dir, (".png",))]
         if not entries:
             raise DatasetError(f"{seg_dir} holds no pseudo-labels")
         augmentation = self.hparams.label_set_augmentation
         return SegmentationDataset(
             entries,
-            Path(self.pseudo_image_dir),
+            self.label_set.folder("images"),
             self.num_classes,
             labels=AugmentedCopyLabels(self.train_labels()),
             seg_dir=seg_dir,
@@ -350,7 +345,7 @@ class WSSSDataModule(L.LightningDataModule):
 
     def refresh_dataset(self) -> SegmentationDataset:
         """Training ids at full size for pseudo-label generation: raw image, labels, GT where it exists,
-        the ORIGINAL off-the-shelf saliency maps (the label update always fuses with them, methods §2.8)."""
+        the ORIGINAL off-the-shelf saliency maps (the label update always fuses with them, method_notes §2.8)."""
         split = self.hparams.train_split
         saliency = self.path(self.hparams.saliency_dir)
         return SegmentationDataset(
@@ -383,7 +378,8 @@ class WSSSDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------------------------------ Lightning hooks
 
     def setup(self, stage: str | None = None) -> None:
-        self.adopt_given_label_set()
+        if self.label_set is None:  # a configured label set (e.g. SSNet stage 2 on copies written earlier)
+            self.label_set = self.given_label_set()
         if self.hparams.check == "off":
             return
         from wsss_lightning.data.check import check_datamodule

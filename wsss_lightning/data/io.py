@@ -118,7 +118,7 @@ def read_saliency(path: str | Path) -> np.ndarray:
 
     A palette PNG whose palette is not grey (e.g. the one-entry black palette that saving index arrays in
     mode "P" produces) is read by its indices, never through the palette: that bug turns every map black
-    (methods §7.2). RGB maps are averaged to grey.
+    (method_notes §7.2). RGB maps are averaged to grey.
     """
     image = _open(Path(path))
     if image.mode == "P":

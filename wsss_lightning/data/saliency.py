@@ -33,8 +33,9 @@ from wsss_lightning.data.io import IMAGE_EXTENSIONS, DatasetError, list_images, 
 from wsss_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_image
 
 PUBLISHED_LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "DUTS-TR": (("DUTS-TR-Image", "DUTS-TR-Mask"), ("DUTS-TR/DUTS-TR-Image", "DUTS-TR/DUTS-TR-Mask")),
-    "DUTS-TE": (("DUTS-TE-Image", "DUTS-TE-Mask"), ("DUTS-TE/DUTS-TE-Image", "DUTS-TE/DUTS-TE-Mask")),
+    # the archive's folder, its parent, or a DUTS/ folder holding both archives
+    "DUTS-TR": tuple((f"{p}DUTS-TR-Image", f"{p}DUTS-TR-Mask") for p in ("", "DUTS-TR/", "DUTS/DUTS-TR/")),
+    "DUTS-TE": tuple((f"{p}DUTS-TE-Image", f"{p}DUTS-TE-Mask") for p in ("", "DUTS-TE/", "DUTS/DUTS-TE/")),
     "ECSSD": (("images", "ground_truth_mask"), ("ECSSD/images", "ECSSD/ground_truth_mask")),
     "PASCAL-S": (
         ("datasets/imgs/pascal", "datasets/masks/pascal"),

@@ -1,7 +1,7 @@
 """Pseudo-label quality: precision, recall and IoU of pseudo-labels that may leave pixels unlabelled (255).
 
 AuxSegNet Fig. 6 reports precision / recall / mIoU of its pseudo-labels on VOC train; the released code does
-not compute them. Protocol (methods §4.2, UNCONFIRMED there, the author's ``Evaluator(ignore=True)`` mode):
+not compute them. Protocol (method_notes §4.2, UNCONFIRMED there, the author's ``Evaluator(ignore=True)`` mode):
 a pseudo-label 255 becomes an extra predicted class ``C``, so an unlabelled pixel is a miss of its GT class
 (it lowers recall, never precision). IRN instead maps 255 to background, and ToCo drops those pixels; we do
 neither (ecosystem §2.3).

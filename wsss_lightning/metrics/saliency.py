@@ -1,6 +1,6 @@
 """Saliency metrics (F-measure, MAE, S-measure, E-measure) as a torchmetrics ``Metric``.
 
-Two protocols (design §4, methods §4.3, ecosystem §2.4):
+Two protocols (design §4, method_notes §4.3, ecosystem §2.4):
 
 * ``"sod"``: the definitions of pysodmetrics 1.6.2 (``Fmeasure``, ``MAE``, ``Smeasure``, ``Emeasure``), which
   match Fan's MATLAB toolbox. Tests compare every number with pysodmetrics.
@@ -432,7 +432,7 @@ def sod_batch_scores(pred: Tensor, gt: Tensor, beta2: float = SOD_BETA2, alpha: 
 
 
 def ssnet_batch_scores(pred255: Tensor, gt: Tensor) -> dict[str, Tensor]:
-    """Per-image scores of jsws ``evaluate_sal.py`` (methods §4.3), vectorised over a batch.
+    """Per-image scores of jsws ``evaluate_sal.py`` (method_notes §4.3), vectorised over a batch.
 
     Args:
         pred255: (B, H, W) float64 on the 0..255 scale (raw grey levels, as jsws reads PNGs).

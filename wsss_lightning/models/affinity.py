@@ -1,7 +1,7 @@
 """Cross-task (dual-)affinity of AuxSegNet (ICCV 2021) and AuxSegNet+ (TNNLS 2025).
 
-methods.md §2.4 (AuxSegNet, code-exact) and §2.12 (AuxSegNet+). Notation: task ``t ∈ {seg, sal}``, task feature
-``F_t`` of shape ``(B, C, h, w)``, ``N = h·w`` positions flattened **row-major** (index ``i = y·w + x``).
+docs/method_notes.md §2.4 (AuxSegNet, code-exact) and §2.12 (AuxSegNet+). Notation: task ``t ∈ {seg, sal}``, task
+feature ``F_t`` of shape ``(B, C, h, w)``, ``N = h·w`` positions flattened **row-major** (index ``i = y·w + x``).
 
 * Pairwise (query-dependent) affinity, embedded-Gaussian non-local without ``1/√d``:
   ``A_t(i, j) = softmax_j(θ_t(i)ᵀ φ_t(j))`` — rows sum to 1. Optional DNL whitening (subtract the spatial
@@ -386,7 +386,7 @@ class PairwiseFusion(nn.Module):
     """AuxSegNet "SA" (``cross_att``): per-entry task weights Ω over the 2-channel N×N affinity "image".
 
     ``Conv2d(2→2, 3×3, pad 1, no bias) → ReLU → Conv2d(2→2, 1×1, bias) → softmax over the 2 channels``; the 3×3
-    neighbourhood is in (query i, key j) index space of the row-major flattening (methods.md §6 item 18).
+    neighbourhood is in (query i, key j) index space of the row-major flattening (docs/method_notes.md §6 item 18).
     Default PyTorch init. Inputs may carry one halo row above/below (rows of the neighbouring block), in which
     case no zero padding is used on that side and the halo rows are dropped from the output.
     """
@@ -447,7 +447,8 @@ class CrossTaskAffinity(nn.Module):
     """The (dual-)affinity module between the seg and sal branches, with all ablation switches.
 
     ``mode="pairwise", cross_task=True`` is AuxSegNet (ICCV'21, code-exact). ``mode="dual", cross_task=True`` is
-    our recommended AuxSegNet+ (TNNLS'25) — an UNCONFIRMED DNL/GCNet-style reading of the paper (methods.md §2.12).
+    our recommended AuxSegNet+ (TNNLS'25) — an UNCONFIRMED DNL/GCNet-style reading of the paper
+    (docs/method_notes.md §2.12).
     ``cross_task=False`` uses each task's own affinities for refinement; ``mode="none"`` gives ``F' = F``, ``R = L``.
 
     Args:

@@ -1,6 +1,6 @@
 """AuxSegNet (ICCV 2021) and AuxSegNet+ (TNNLS 2025) networks: backbone + classifier + seg/sal branches + affinity.
 
-methods.md §2.3 (layers), §2.4 (affinity), §2.12 (AuxSegNet+), §2.14 (plan). A plain ``nn.Module``; losses,
+docs/method_notes.md §2.3 (layers), §2.4 (affinity), §2.12 (AuxSegNet+), §2.14 (plan). A plain ``nn.Module``; losses,
 optimisation and stages live in ``modules/``. The backbone is injected and must follow the contract::
 
     backbone.feature_channels: tuple[int, ...]; backbone.feature_strides: tuple[int, ...]; backbone.out_channels: int
@@ -135,7 +135,7 @@ class AuxSegNet(nn.Module):
         return self.classifier.cam(self.backbone(x)[-1])
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Learning-rate groups as the code (methods.md §2.10), every parameter in exactly one group.
+        """Learning-rate groups as the code (docs/method_notes.md §2.10), every parameter in exactly one group.
 
         ``"backbone"`` (base lr): backbone + cross-task fusion convs (the code's ``cross_att``).
         ``"classifier"`` (the code: ×10 like the heads): ``fc8``. ``"heads"`` (×10 lr): both branches, the per-task
@@ -179,7 +179,7 @@ class AuxSegNetPlus(AuxSegNet):
     """AuxSegNet+ (TNNLS 2025): :class:`AuxSegNet` with the cross-task **dual** affinity (pairwise + unary).
 
     The unary term, its cross-task fusion and the refinement sum are our UNCONFIRMED DNL/GCNet-style reading
-    of the paper (methods.md §2.12); only the pairwise affinity propagates CAMs (confirmed by the abstract).
+    of the paper (docs/method_notes.md §2.12); only the pairwise affinity propagates CAMs (confirmed by the abstract).
     """
 
     def __init__(

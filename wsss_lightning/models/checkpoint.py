@@ -1,7 +1,7 @@
 """Reading weight files safely and loading them into modules with a report instead of a silent ``strict=False``.
 
 The official AuxSegNet code loads its initial weights with ``load_state_dict(strict=False)`` and never looks at
-the result, so a wrong file trains from random weights without a word (methods.md §7.2). Here every load goes
+the result, so a wrong file trains from random weights without a word (docs/method_notes.md §7.2). Here every load goes
 through :func:`load_into`, which returns a :class:`LoadReport` (loaded / missing / unexpected / shape-mismatched
 keys) that callers log and check.
 

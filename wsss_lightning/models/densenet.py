@@ -1,4 +1,4 @@
-"""Dilated DenseNet backbones for SSNet (methods.md §1.2 stage 1, §1.6 stage 2).
+"""Dilated DenseNet backbones for SSNet (docs/method_notes.md §1.2 stage 1, §1.6 stage 2).
 
 timm's DenseNet has no ``output_stride`` argument, so the surgery of the official ``jsws`` code is done here on
 timm's ``features`` (same module names as torchvision: conv0, norm0, pool0, denseblock1, transition1, …,

@@ -1,6 +1,6 @@
 """AuxSegNet heads: the image-level classifier (``fc8``) and the dilated segmentation / saliency branches.
 
-Shapes follow methods.md §2.3 (official ``network/AuxSegNet.py``). ``X`` is the stride-8 backbone feature
+Shapes follow docs/method_notes.md §2.3 (official ``network/AuxSegNet.py``). ``X`` is the stride-8 backbone feature
 ``(B, C_in, h, w)``; every head keeps the spatial size ``h × w``.
 """
 
@@ -63,7 +63,7 @@ class TaskBranch(nn.Module):
     ``encode``: ``conv1`` (3×3, dilation d1) + ReLU → ``conv2`` (3×3, dilation d2) + ReLU → ``F``.
     ``decode``: ``conv3`` (3×3, dilation d3) + ReLU → ``conv4`` (1×1, no bias) → logits.
     The affinity module sits between the two (``F' = F + W(…)``). The dilation-18 ``conv3`` exists only in
-    the official code, not in the paper (methods.md §6 item 15); we keep it.
+    the official code, not in the paper (docs/method_notes.md §6 item 15); we keep it.
 
     Init as the code: Xavier-uniform weights for conv1..conv4, PyTorch-default biases (conv1..conv3).
 

@@ -3,10 +3,10 @@
 Module and parameter names follow PSA's ``network/resnet38d.py`` (``conv1a``, ``b2`` … ``b7``, ``bn7``; inside a
 block ``bn_branch2a``, ``conv_branch2a``, ``bn_branch2b1``, ``conv_branch2b1``, ``bn_branch2b2``,
 ``conv_branch2b2``, ``conv_branch1``), so PSA's converted ImageNet weights and PSA / AuxSegNet classifier
-checkpoints load by key (methods.md §2.1, §2.2). The network is pre-activation: a block's input goes through
+checkpoints load by key (docs/method_notes.md §2.1, §2.2). The network is pre-activation: a block's input goes through
 BN + ReLU first, so the raw block outputs are never normalised; the maps returned here are the normalised ones.
 
-Layout at output stride 8 (methods.md §2.2 table):
+Layout at output stride 8 (docs/method_notes.md §2.2 table):
 
 =================  ================  ======  ========
 blocks             channels          stride  dilation
@@ -219,13 +219,13 @@ class ResNet38(nn.Module):
     Args:
         output_stride: 8 (PSA / AuxSegNet) or 16.
         freeze_bn: keep every BatchNorm in eval mode with frozen affine parameters, also across ``train()``
-            (methods.md §2.2; Lightning calls ``train()`` every epoch, so this is re-applied there).
+            (docs/method_notes.md §2.2; Lightning calls ``train()`` every epoch, so this is re-applied there).
         freeze_conv1a: ``conv1a.weight`` gets ``requires_grad=False`` (PSA, AuxSegNet).
         checkpoint_path: PSA/AuxSegNet-style weight file or the MXNet ImageNet ``.params``, loaded at
             construction (see :meth:`load_checkpoint`).
         weights_only: read ``checkpoint_path`` with ``torch.load(weights_only=True)``.
         frozen_blocks: further top-level blocks whose parameters get ``requires_grad=False``, e.g.
-            ``("b2", "b2_1", "b2_2")`` for PSA's classification recipe (methods.md §2.1).
+            ``("b2", "b2_1", "b2_2")`` for PSA's classification recipe (docs/method_notes.md §2.1).
 
     Attributes:
         load_report: the :class:`LoadReport` of the constructor's checkpoint load, else ``None``. Its

@@ -1,6 +1,6 @@
 """SSNet networks (Zeng et al., ICCV 2019): stage 1 ("JLSFCN") and stage 2 ("JLSDL"), plain ``nn.Module``s.
 
-methods.md §1.2 (stage-1 shapes), §1.3 (saliency aggregation module, SAM), §1.6 (stage-2 net), §1.11 (plan).
+docs/method_notes.md §1.2 (stage-1 shapes), §1.3 (saliency aggregation module, SAM), §1.6 (stage-2 net), §1.11 (plan).
 Losses live in :mod:`wsss_lightning.losses`, training in ``modules/``.
 
 Both networks predict segmentation logits ``Z`` at input resolution and per-class saliency scores ``v`` (SAM).
@@ -65,7 +65,7 @@ class SSNetOutput:
 
 
 def sam_saliency(seg_logits: Tensor, sal_scores: Tensor) -> tuple[Tensor, Tensor]:
-    """Aggregate segmentation probabilities into a saliency map (methods.md §1.3).
+    """Aggregate segmentation probabilities into a saliency map (docs/method_notes.md §1.3).
 
     Args:
         seg_logits: ``(B, C, H, W)`` segmentation logits ``Z``.
@@ -143,7 +143,7 @@ def build_ssnet_backbone(
 
 
 class SaliencyAggregation(nn.Module):
-    """SAM score head: ``v = sigmoid(mean_xy(Conv_k(pool(f))))`` (methods.md §1.2).
+    """SAM score head: ``v = sigmoid(mean_xy(Conv_k(pool(f))))`` (docs/method_notes.md §1.2).
 
     Args:
         in_channels: channels of the deepest feature ``f``.
@@ -214,7 +214,7 @@ class _SSNetBase(nn.Module):
 class SSNetStage1(_SSNetBase):
     """SSNet stage-1 network (official ``JLSFCN``): FCN head on a stride-16 backbone + SAM.
 
-    Head (methods.md §1.2, all new layers N(0, 0.02), transposed convs bilinear):
+    Head (docs/method_notes.md §1.2, all new layers N(0, 0.02), transposed convs bilinear):
     ``s32 = conv1x1(f32)``; ``s16 = conv1x1(f16) + s32``; ``s8 = conv1x1(f8) + up2(s16)`` (ConvTranspose k4 s2
     p1); ``Z = up8(s8)`` (ConvTranspose k16 s8 p4). SAM: ``v = sigmoid(Conv_k16(f32))``.
 
@@ -270,7 +270,7 @@ class SSNetStage1(_SSNetBase):
 class SSNetStage2(_SSNetBase):
     """SSNet stage-2 network (official ``JLSDL``): stride-8 backbone, summed ASPP head, SAM and a classifier.
 
-    Head (methods.md §1.6): four parallel 3×3 convs (dilation = padding = 6, 12, 18, 24) on the deepest map,
+    Head (docs/method_notes.md §1.6): four parallel 3×3 convs (dilation = padding = 6, 12, 18, 24) on the deepest map,
     **summed**, then ConvTranspose k16 s8 p4 (bilinear init) to the input size. SAM: ``Conv_k32`` (adaptive pool
     to 32×32 in front unless ``fixed_input_size``). Classifier: global average pool -> ``Linear(c, C)``.
 

@@ -1,12 +1,12 @@
 """LightningModule for AuxSegNet (ICCV 2021) and AuxSegNet+ (TNNLS 2025): losses, optimisation, label jobs.
 
-* Losses (methods §2.5): ``L = λ1·L_cls + λ2·(L_sal1 + L_sal2) + λ3·(L_seg1 + L_seg2)``; in the classification
+* Losses (method_notes §2.5): ``L = λ1·L_cls + λ2·(L_sal1 + L_sal2) + λ3·(L_seg1 + L_seg2)``; in the classification
   warm-up phase only ``L_cls``.
 * Optimiser (§2.10): SGD with two parameter groups (backbone + cross-task fusion at ``lr``, heads at
   ``lr × head_lr_mult``) and a poly schedule that restarts at every stage (the stage callback sets the
   segment). The official code's positional-argument quirk makes its SGD effectively momentum 0 and
-  weight decay 0: that is the default here (``configs/model/auxsegnet_code.yaml``); the paper-intended
-  momentum 0.9 / weight decay 1e-5 is a config (``configs/model/auxsegnet_paper.yaml``).
+  weight decay 0: that is the default here (``configs/model/auxsegnet_r38.yaml``); the paper-intended
+  momentum 0.9 / weight decay 1e-5 is a config (``configs/recipes/auxsegnet_paper.yaml``).
 * Pseudo-label jobs (§2.6–2.8): initial labels from multi-scale + flip CAMs fused with the off-the-shelf
   saliency; label updates from CAMs propagated by the learned (cross-task) pairwise affinity, fused with
   the CRF-refined mean of the predicted and the off-the-shelf saliency.
@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -25,11 +24,12 @@ from torch import Tensor, nn
 
 from wsss_lightning.losses import multilabel_soft_margin, saliency_bce_loss, segmentation_ce_loss
 from wsss_lightning.modules.base import WSSSModule
-from wsss_lightning.modules.inference import ScaleFusion
+from wsss_lightning.modules.protocol import LabelBatch, MethodParts
 from wsss_lightning.pseudo.cam import multiscale_cam, normalize_cam, upsample_cam
-from wsss_lightning.pseudo.crf import get_crf_params
+from wsss_lightning.pseudo.dense_crf import DenseCRF
 from wsss_lightning.pseudo.fusion import CAM_THRESHOLD, SALIENCY_THRESHOLD
 from wsss_lightning.pseudo.jobs import FusionJob
+from wsss_lightning.pseudo.label_set import LabelLayout, LabelSet
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def build_network(network: nn.Module | NetworkFactory, num_classes: int) -> nn.M
         built = network
     else:
         built = network(num_classes)
-    found = getattr(built, "num_classes", num_classes)
+    found = built.num_classes  # a network states its class count (AuxSegNet, SSNet: the constructor argument)
     if found != num_classes:
         raise ValueError(f"the network predicts {found} classes but the data has {num_classes}")
     return built
@@ -65,13 +65,18 @@ class AuxSegNetModule(WSSSModule):
         poly_power: poly schedule exponent (0.9).
         saliency_threshold: binarisation of the saliency pseudo-label inside the loss (0.5).
         cam_scales, cam_flip: multi-scale CAM protocol of the initial labels (PSA: 1, 0.5, 1.5, 2 with flip).
+        refresh_cam_scales, refresh_cam_flip: CAM protocol of the label updates (the code: one view, scale 1, no
+            flip). Set them to ``cam_scales`` / ``cam_flip`` to compare initial and refreshed labels under the same
+            protocol: every view is propagated by its own affinity and the views are averaged.
         cam_threshold, fusion_saliency_threshold: fusion thresholds (0.2, 0.06).
-        saliency_crf: CRF preset of the saliency update (``auxseg_saliency``), or None to skip it;
-            ``saliency_crf_tau`` its unary temperature (1.05).
-        channels_last, compile, compile_backend: speed switches, see :class:`WSSSModule` (under
-            ``--trainer.precision bf16-mixed`` the affinity softmaxes still run in float32).
-        remaining arguments: evaluation, see :class:`WSSSModule`.
+        crf: the run's dense CRF; its ``saliency`` preset refines the saliency update (``auxseg_saliency``, τ 1.05;
+            None: no CRF) and its ``inference`` preset the ``*_crf`` test modes (``auxseg_inference``).
+        **kwargs: evaluation arguments and speed switches of :class:`WSSSModule` (``val_modes``, ``test_modes``,
+            ``eval_scales``, ``scale_fusion``, ``saliency_protocol``, ``predict_mode``, ``channels_last``,
+            ``compile``, ``compile_backend``; under ``bf16-mixed`` the affinity softmaxes still run in float32).
     """
+
+    parts = MethodParts(saliency=True, cam=True, affinity=True)
 
     def __init__(
         self,
@@ -91,27 +96,15 @@ class AuxSegNetModule(WSSSModule):
         saliency_threshold: float = 0.5,
         cam_scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
         cam_flip: bool = True,
+        refresh_cam_scales: Sequence[float] = (1.0,),
+        refresh_cam_flip: bool = False,
         cam_threshold: float = CAM_THRESHOLD,
         fusion_saliency_threshold: float = SALIENCY_THRESHOLD,
-        saliency_crf: str | None = "auxseg_saliency",
-        saliency_crf_tau: float = 1.05,
-        val_modes: list[str] | None = None,
-        test_modes: list[str] | None = None,
-        eval_scales: list[float] | None = None,
-        scale_fusion: ScaleFusion = "max",
-        crf_preset: str = "auxseg_inference",
-        saliency_protocol: str = "sod",
-        predict_mode: str = "ss",
-        channels_last: bool = False,
-        compile: bool = False,
-        compile_backend: str = "inductor",
+        crf: DenseCRF | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            num_classes, class_names, val_modes, test_modes, eval_scales, scale_fusion, crf_preset,
-            saliency_protocol, predict_mode,
-            channels_last=channels_last, compile=compile, compile_backend=compile_backend,
-        )  # fmt: skip
-        self.save_hyperparameters(ignore=["network"])
+        super().__init__(num_classes, class_names, crf=crf, **kwargs)
+        self.save_hyperparameters(ignore=["network", "crf"])
         self.network = build_network(network, num_classes)
         self.phase: Phase = "multitask"
 
@@ -210,84 +203,113 @@ class AuxSegNetModule(WSSSModule):
         return peak, peak_class
 
     @torch.no_grad()
-    def label_jobs(self, batch: dict[str, Any], kind: str, out_dir: str) -> tuple[list[FusionJob], dict[str, Tensor]]:
-        """Model side of a pseudo-label set for one batch of full-size training images.
+    def label_batch(self, batch: dict[str, Any], kind: str, label_set: LabelSet) -> LabelBatch:
+        """Model side of a pseudo-label set for one batch of full-size training images (the runner sets eval mode
+        and the trainer's precision context).
 
         Args:
-            batch: from ``datamodule.refresh_dataset()`` (``raw``, ``sal`` = off-the-shelf map, ``seg`` = GT or 255).
+            batch: see :meth:`WSSSModule.label_batch` (``sal`` is the off-the-shelf map).
             kind: ``initial`` (multi-scale CAM + raw saliency, §2.6–2.7) or ``refined`` (propagated CAM +
                 CRF-refined saliency update, §2.8).
-            out_dir: the set's folder.
+            label_set: the set being written.
 
         Returns:
-            the CPU jobs, and extra label maps (B, H, W) uint8 for the ablation rows: ``cam_labels`` (CAM-only:
-            the peak class where the CAM exceeds ``cam_threshold``, else background) and, for ``refined``,
-            ``raw_cam_labels`` (the same without affinity propagation).
+            the fusion jobs; extra label maps ``cam`` (CAM-only: the peak class where the CAM exceeds
+            ``cam_threshold``, else background) and, for ``refined``, ``raw_cam`` (the same without the affinity
+            propagation); the CAM peaks and (``refined``) the affinity's row statistics for the health figures.
         """
         hp = self.hparams
         images, labels = batch["image"], batch["cls_label"]
         sizes = batch["ori_size"].tolist()
         height, width = images.shape[-2:]
+        present = labels > 0
         offshelf = batch["sal"].float()
+        affinity = None
         if kind == "initial":
-            with self._precision_context():
-                cams = multiscale_cam(self.network.forward_cam, images, tuple(hp.cam_scales), hp.cam_flip, labels)
-            cams = cams.float()
+            cams = multiscale_cam(self.network.forward_cam, images, tuple(hp.cam_scales), hp.cam_flip, labels).float()
             cam_peaks = cams.amax(dim=(-2, -1))
             saliency = offshelf
-            crf = None
         elif kind == "refined":
-            with self._precision_context():
-                out = self.network(self.prepare_images(images))
-            cam = normalize_cam(out.cam.float())
-            cam_peaks = cam.amax(dim=(-2, -1))
-            cams = out.affinity.propagate(cam)
-            cams = upsample_cam(cams, (height, width))
-            predicted = torch.sigmoid(F.interpolate(out.sal_refined.float(), (height, width), mode="bilinear"))[:, 0]
+            cams, raw, cam_peaks, predicted, affinity = self._refined_cams(images, present)
             saliency = torch.where(offshelf == 255, predicted, (predicted + offshelf) / 2)
-            crf = get_crf_params(hp.saliency_crf) if hp.saliency_crf else None
         else:
             raise ValueError(f"unknown pseudo-label kind {kind!r}")
         peak, peak_class = self._peak(cams, labels)
-        present = labels > 0
-        extras: dict[str, Any] = {
-            "cam_labels": self._cam_only_labels(peak, peak_class), "cam_peaks": cam_peaks, "present": present,
-        }  # fmt: skip
+        extra_labels = {"cam": self._cam_only_labels(peak, peak_class)}
         if kind == "refined":  # the same CAM without the affinity propagation: the "+ affinity" ablation
-            raw = upsample_cam(cam, (height, width))
-            extras["raw_cam_labels"] = self._cam_only_labels(*self._peak(raw, labels))
-            # health of the propagating affinity: CAM foreground (present classes, above threshold) at feature size
-            foreground = (cam * present[:, :, None, None]).amax(dim=1) > hp.cam_threshold
-            extras["affinity"] = out.affinity.row_statistics(foreground)
+            extra_labels["raw_cam"] = self._cam_only_labels(*self._peak(raw, labels))
+        crf = self.crf if kind == "refined" and self.crf.saliency is not None else None
+        if crf is not None and not crf.runs_in_pool:  # a device CRF refines here; the pool jobs only fuse
+            saliency = saliency.clone()
+            for index, (h, w) in enumerate(sizes):
+                refined = crf.refine_saliency(batch["raw"][index, :h, :w], saliency[index, :h, :w].clamp(0, 1))
+                saliency[index, :h, :w] = refined
+            crf = None
         jobs = []
         for index, (h, w) in enumerate(sizes):
-            missing = bool((offshelf[index, :h, :w] == 255).all()) and kind == "initial"
-            if missing:
+            if kind == "initial" and bool((offshelf[index, :h, :w] == 255).all()):
                 raise ValueError(f"{batch['name'][index]}: the initial labels need an off-the-shelf saliency map")
             jobs.append(
                 FusionJob(
                     name=batch["name"][index],
-                    out_dir=out_dir,
+                    out_dir=str(label_set.root),
                     peak=peak[index, :h, :w].cpu().numpy(),
                     peak_class=peak_class[index, :h, :w].to(torch.uint8).cpu().numpy(),
                     saliency=saliency[index, :h, :w].clamp(0, 1).cpu().numpy(),
                     image=batch["raw"][index, :h, :w].cpu().numpy() if crf is not None else None,
-                    saliency_crf=crf,
-                    tau=hp.saliency_crf_tau,
+                    crf=crf,
                     cam_threshold=hp.cam_threshold,
                     saliency_threshold=hp.fusion_saliency_threshold,
                     write_saliency=kind == "refined",
                     classes=tuple(int(c) + 1 for c in torch.nonzero(present[index]).flatten().tolist()),
                 )
             )
-        return jobs, extras
+        return LabelBatch(jobs, extra_labels, cam_peaks=cam_peaks, present=present, affinity=affinity)
 
-    def _precision_context(self) -> contextlib.AbstractContextManager:
-        """The trainer's precision context for label forwards (bf16 autocast under ``bf16-mixed``), so a refresh runs
-        at the training precision (Lightning applies it to the step methods only); a no-op without a trainer. The
-        affinity maths stays float32 either way, and everything after the network runs in float32."""
-        plugin = getattr(self._trainer, "precision_plugin", None) if self._trainer is not None else None
-        return plugin.forward_context() if plugin is not None else contextlib.nullcontext()
+    def _refined_cams(
+        self, images: Tensor, present: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """The label update's CAMs (§2.8) under the ``refresh_cam_scales`` / ``refresh_cam_flip`` protocol.
+
+        One view (scale 1, no flip) is the official code exactly: ``M̂ = normalize_cam(M)`` at feature resolution,
+        propagated once by the learned pairwise affinity, upsampled — max-normalised before, not after, the
+        propagation. Several views follow the initial labels' (PSA) protocol: per view the ReLU'd raw CAM and the
+        propagated ``M̂`` are upsampled to the image and summed, and the sums are max-normalised.
+
+        Returns:
+            propagated and raw CAMs ``(B, K, H, W)`` (absent classes 0), the raw CAM peaks ``(B, K)`` (scale 1), the
+            predicted saliency ``sigmoid(R_sal)`` ``(B, H, W)`` (scale 1) and the affinity row statistics (scale 1).
+        """
+        hp = self.hparams
+        size = tuple(images.shape[-2:])
+        mask = present[:, :, None, None]
+        views = [
+            (float(s), flipped) for s in hp.refresh_cam_scales for flipped in (False, True)[: 1 + hp.refresh_cam_flip]
+        ]
+        if (1.0, False) not in views:
+            raise ValueError(f"refresh_cam_scales must contain 1.0, got {list(hp.refresh_cam_scales)}")
+        propagated, raw = torch.zeros(()), torch.zeros(())
+        for scale, flipped in views:
+            x = (
+                images
+                if scale == 1.0
+                else F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+            )
+            out = self.network(self.prepare_images(x.flip(-1) if flipped else x))
+            cam = normalize_cam(out.cam.float()) * mask
+            prop = upsample_cam(out.affinity.propagate(cam), size)
+            view_raw = upsample_cam(cam if len(views) == 1 else F.relu(out.cam.float()) * mask, size)
+            if flipped:
+                prop, view_raw = prop.flip(-1), view_raw.flip(-1)
+            propagated, raw = propagated + prop, raw + view_raw
+            if (scale, flipped) == (1.0, False):
+                cam_peaks = cam.amax(dim=(-2, -1))
+                predicted = torch.sigmoid(F.interpolate(out.sal_refined.float(), size, mode="bilinear"))[:, 0]
+                # health of the propagating affinity: CAM foreground (present classes, above threshold)
+                affinity = out.affinity.row_statistics(cam.amax(dim=1) > hp.cam_threshold)
+        if len(views) > 1:
+            propagated, raw = normalize_cam(propagated), normalize_cam(raw)
+        return propagated, raw, cam_peaks, predicted, affinity
 
     def _cam_only_labels(self, peak: Tensor, peak_class: Tensor) -> Tensor:
         """CAM-only labels (B, H, W) uint8: the peak class where the CAM exceeds ``cam_threshold``, else background."""
@@ -310,5 +332,12 @@ class AuxSegNetModule(WSSSModule):
         if kind == "initial":
             config.update(cam_scales=list(hp.cam_scales), cam_flip=hp.cam_flip)
         else:
-            config.update(saliency_crf=hp.saliency_crf, tau=hp.saliency_crf_tau)
+            config.update(cam_scales=list(hp.refresh_cam_scales), cam_flip=hp.refresh_cam_flip)
         return config
+
+    def label_layout(self, kind: str) -> LabelLayout:
+        """Per-image sets: ``seg`` maps, plus the updated ``sal`` maps of a label update."""
+        return LabelLayout(kinds=("seg", "sal") if kind == "refined" else ("seg",))
+
+    def networks(self) -> list[nn.Module]:
+        return [self.network]

@@ -1,10 +1,11 @@
-"""Shared LightningModule machinery: evaluation modes, metrics, logging keys, result tables and JSON.
+"""The base of every method: the :class:`~wsss_lightning.modules.protocol.WSSSMethod` contract, evaluation modes,
+metrics, logging keys and result tables.
 
-Methods subclass :class:`WSSSModule` and provide the network-specific pieces:
-
-* ``segmentation_logits(images) -> (B, C, h, w)`` — the logits used at inference;
-* ``saliency_probabilities(images) -> (B, 1, h, w)`` in [0, 1] — the saliency output;
-* ``training_step`` and ``configure_optimizers``.
+A method subclasses :class:`WSSSModule`, declares its optional ``parts`` (saliency, CAM, affinity) and implements
+the abstract methods: ``networks``, ``segmentation_logits`` (and ``saliency_probabilities`` with a saliency
+part), the label-set methods ``label_config`` / ``label_layout`` / ``label_batch``, plus Lightning's
+``training_step`` and ``configure_optimizers``. Evaluation arguments (modes, scales, saliency protocol) and the
+speed switches are the base's: a method passes them through with ``**kwargs`` instead of re-listing them.
 
 Validation and test loaders come from the DataModule in the order of ``datamodule.loader_names(stage)``:
 ``seg/<split>`` (segmentation, scored in every configured mode) then ``sal/<name>`` (saliency sets).
@@ -13,26 +14,29 @@ Logged keys: ``val/mIoU``, ``val/IoU_<class>``, ``val/<mode>/mIoU``, ``test/<dat
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 
-from wsss_lightning.data.io import atomic_write_text
+from wsss_lightning.data.datamodule import WSSSDataModule
 from wsss_lightning.data.palette import default_class_names
 from wsss_lightning.metrics import SaliencyMetrics, SegmentationIoU
 from wsss_lightning.modules.inference import InferenceMode, ScaleFusion, crf_refine, segmentation_probabilities
 from wsss_lightning.modules.nonfinite import batch_ids, check_finite
+from wsss_lightning.modules.protocol import LabelBatch, MethodParts
+from wsss_lightning.pseudo.dense_crf import DenseCRF, PydenseCRF
+from wsss_lightning.pseudo.label_set import LabelLayout, LabelSet
 
 log = logging.getLogger(__name__)
 
@@ -48,38 +52,45 @@ def _crop(tensor: Tensor, size: Sequence[int]) -> Tensor:
     return tensor[..., : int(size[0]), : int(size[1])]
 
 
-class WSSSModule(L.LightningModule):
-    """Base class: evaluation in several inference modes, saliency scoring, logging and result reports.
+class WSSSModule(L.LightningModule, ABC):
+    """Base class: the method contract, evaluation in several inference modes, saliency scoring, result reports.
 
     Args:
         num_classes: C including background (linked from ``data.num_classes`` by the CLI).
         class_names: C names for tables and per-class logs (default VOC/COCO names by C).
-        val_modes / test_modes: inference modes scored on the segmentation split (see
-            ``modules/inference.py``): ``ss``, ``ms``, ``ms_flip``, each optionally ``_crf``.
+        crf: the run's dense CRF (``pseudo/dense_crf.py``): one object for the ``*_crf`` evaluation modes and the
+            method's label CRFs; None = pydensecrf with the method's presets (``default_crf``).
+        val_modes / test_modes: inference modes scored on the segmentation split (see ``modules/inference.py``):
+            ``ss``, ``ms``, ``ms_flip``, each optionally ``_crf``; default ``default_val_modes`` /
+            ``default_test_modes`` of the method.
         eval_scales: scales of the multi-scale modes (AuxSegNet protocol: 0.5–1.5).
         scale_fusion: fuse scales by element-wise ``max`` (AuxSegNet author's code) or ``mean``.
-        crf_preset: dense CRF preset of the ``_crf`` modes (``auxseg_inference``: 4/3, 83/5/3, 10 iterations).
         saliency_protocol: ``sod`` (pysodmetrics definitions) or ``ssnet`` (jsws, 21 thresholds).
         predict_mode: inference mode of ``wsss predict``.
-        channels_last: store the network's weights (and feed its images) in ``torch.channels_last`` memory
-            format — faster convolutions under bf16 on recent GPUs; the numbers are unchanged.
-        compile: ``torch.compile`` the network (in place, ``nn.Module.compile``: checkpoint keys are unchanged)
+        channels_last: store the networks' weights (and feed their images) in ``torch.channels_last`` memory
+            format — faster convolutions under bf16 on recent GPUs and with oneDNN on CPUs; numbers unchanged.
+        compile: ``torch.compile`` the networks (in place, ``nn.Module.compile``: checkpoint keys are unchanged)
             with ``compile_backend`` when the model is configured. The first steps of each new input shape
             are slow while it compiles.
     """
+
+    #: the optional parts of the method (see ``modules/protocol.py``)
+    parts: ClassVar[MethodParts] = MethodParts()
+    default_val_modes: ClassVar[tuple[str, ...]] = ("ss",)
+    default_test_modes: ClassVar[tuple[str, ...]] = ("ss", "ms", "ms_crf")
 
     def __init__(
         self,
         num_classes: int = 21,
         class_names: list[str] | None = None,
+        *,
+        crf: DenseCRF | None = None,
         val_modes: list[str] | None = None,
         test_modes: list[str] | None = None,
         eval_scales: list[float] | None = None,
         scale_fusion: ScaleFusion = "max",
-        crf_preset: str = "auxseg_inference",
         saliency_protocol: str = "sod",
         predict_mode: str = "ss",
-        *,
         channels_last: bool = False,
         compile: bool = False,
         compile_backend: str = "inductor",
@@ -92,51 +103,82 @@ class WSSSModule(L.LightningModule):
         self.class_names = list(class_names) if class_names else list(default_class_names(num_classes))
         if len(self.class_names) != num_classes:
             raise ValueError(f"{len(self.class_names)} class_names for num_classes={num_classes}")
-        self.val_modes = [InferenceMode.parse(m) for m in (val_modes or ["ss"])]
-        self.test_modes = [InferenceMode.parse(m) for m in (test_modes or ["ss", "ms", "ms_crf"])]
+        self.crf: DenseCRF = crf if crf is not None else PydenseCRF()
+        self.val_modes = [InferenceMode.parse(m) for m in (val_modes or self.default_val_modes)]
+        self.test_modes = [InferenceMode.parse(m) for m in (test_modes or self.default_test_modes)]
         self.predict_inference = InferenceMode.parse(predict_mode)
         self.eval_scales = tuple(eval_scales or DEFAULT_SCALES)
         self.scale_fusion = scale_fusion
-        self.crf_preset = crf_preset
         self.saliency_protocol = saliency_protocol
         self.eval_metrics = nn.ModuleDict()
         self._loader_names: dict[str, list[str]] = {}
         self.test_results: dict[str, Any] = {}
         self.eval_results: dict[str, dict[str, Any]] = {}  # "val"/"test" -> the last results (media, tables)
         self.stage = 0
-        self.label_request = None  # a LabelSetRun while `wsss pseudolabel` runs
         self.lr_segment_start = 0
         self.lr_segment_epochs: int | None = None
+        self._train_batch_ids: list[str] = []
+
+    # ------------------------------------------------------------------------------------------ the contract
+
+    @abstractmethod
+    def networks(self) -> list[nn.Module]:
+        """The method's networks (the ``channels_last`` / ``compile`` switches apply to them)."""
+
+    @abstractmethod
+    def segmentation_logits(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` normalised images -> ``(B, C, h, w)`` logits used at inference."""
+
+    def saliency_probabilities(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` -> ``(B, 1, h, w)`` saliency in [0, 1]; methods with ``parts.saliency`` implement it."""
+        raise NotImplementedError(f"{type(self).__name__} predicts no saliency (parts.saliency is False)")
+
+    def initial_label_kind(self) -> str:
+        """The kind of the label set generated before stage 0 when the stage callback makes one (``initial_labels:
+        cam``)."""
+        return "initial"
+
+    def refresh_kind(self, stage: int) -> str:
+        """The kind of label set generated before ``stage`` (> 0) by the stage callback."""
+        return "refined"
+
+    @abstractmethod
+    def label_config(self, kind: str) -> dict[str, Any]:
+        """What determines a label set of ``kind`` (thresholds, protocols...), for its config hash."""
+
+    @abstractmethod
+    def label_layout(self, kind: str) -> LabelLayout:
+        """What a set of ``kind`` holds (``seg`` and ``sal`` maps per image, or copies with their images)."""
+
+    def extra_label_kinds(self, kind: str) -> tuple[str, ...]:
+        """Names of the extra label maps ``label_batch`` returns for ablations (scored next to the set)."""
+        return ()
+
+    @abstractmethod
+    def label_batch(self, batch: dict[str, Any], kind: str, label_set: LabelSet) -> LabelBatch:
+        """The model side of one batch of a label set (see :class:`~wsss_lightning.modules.protocol.LabelBatch`).
+
+        Args:
+            batch: from ``datamodule.refresh_dataset()`` at full size, padded: ``image``, ``raw`` (uint8), ``sal``
+                (the off-the-shelf map, 255 = none), ``seg`` (GT or 255), ``cls_label``, ``ori_size``, ``name``,
+                and ``pseudo_eval`` (which images are scored).
+            kind: the label kind.
+            label_set: the set being written (jobs write below its folder).
+        """
 
     # ------------------------------------------------------------------------------------------ speed switches
 
-    def speed_modules(self) -> list[nn.Module]:
-        """The networks the ``channels_last`` / ``compile`` switches apply to (attributes ``network``, ``stage1``,
-        ``stage2`` when present)."""
-        found = (getattr(self, name, None) for name in ("network", "stage1", "stage2"))
-        return [module for module in found if isinstance(module, nn.Module)]
-
     def configure_model(self) -> None:
         """Apply the speed switches once, before the strategy (e.g. DDP) wraps the model."""
-        for module in self.speed_modules():
+        for module in self.networks():
             if self.channels_last:
                 module.to(memory_format=torch.channels_last)
-            if self.compile and getattr(module, "_compiled_call_impl", None) is None:
+            if self.compile and module._compiled_call_impl is None:
                 module.compile(backend=self.compile_backend)
 
     def prepare_images(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` images in the memory format the network runs in (channels-last when switched on)."""
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
-
-    # ------------------------------------------------------------------------------------------ to implement
-
-    def segmentation_logits(self, images: Tensor) -> Tensor:
-        """``(B, 3, H, W)`` normalised images -> ``(B, C, h, w)`` logits used at inference."""
-        raise NotImplementedError
-
-    def saliency_probabilities(self, images: Tensor) -> Tensor:
-        """``(B, 3, H, W)`` -> ``(B, 1, h, w)`` saliency in [0, 1]."""
-        raise NotImplementedError
 
     @torch.no_grad()
     def visualize(self, images: Tensor, cls_label: Tensor) -> dict[str, Tensor]:
@@ -147,9 +189,12 @@ class WSSSModule(L.LightningModule):
             cls_label: ``(B, C-1)`` multi-hot image labels (classes whose maps are kept).
 
         Returns:
-            ``saliency`` ``(B, H, W)`` in [0, 1]; methods add ``cam`` ``(B, C-1, H, W)`` in [0, 1] (absent classes 0)
-            and, where they have one, ``refined_cam`` (the CAM after affinity propagation).
+            ``saliency`` ``(B, H, W)`` in [0, 1] with a saliency part; methods add ``cam`` ``(B, C-1, H, W)`` in
+            [0, 1] (absent classes 0) with a CAM part and ``refined_cam`` (after affinity propagation) with an
+            affinity part.
         """
+        if not self.parts.saliency:
+            return {}
         saliency = self.saliency_probabilities(images).float()
         saliency = F.interpolate(saliency, size=images.shape[-2:], mode="bilinear", align_corners=False)
         return {"saliency": saliency[:, 0].clamp(0, 1)}
@@ -185,18 +230,15 @@ class WSSSModule(L.LightningModule):
 
     def on_before_backward(self, loss: Tensor) -> None:
         """Stop before a NaN/Inf loss reaches the weights (see ``modules/nonfinite.py``)."""
-        check_finite(self, loss, "loss", getattr(self, "_train_batch_ids", []))
+        check_finite(self, loss, "loss", self._train_batch_ids)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Stop before NaN/Inf gradients reach the weights; skipped under a GradScaler, which skips such steps."""
-        if self._trainer is not None and getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+        plugin = self.trainer.precision_plugin if self._trainer is not None else None
+        if isinstance(plugin, MixedPrecision) and plugin.scaler is not None:
             return
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        check_finite(self, grads, "gradient", getattr(self, "_train_batch_ids", []))
-
-    def refresh_kind(self, stage: int) -> str:
-        """The kind of label set generated before ``stage`` (> 0) by the stage callback."""
-        return "refined"
+        check_finite(self, grads, "gradient", self._train_batch_ids)
 
     def lr_segment_steps(self) -> int:
         """Optimiser steps of the current schedule segment (a stage, or the whole run without stages)."""
@@ -216,8 +258,8 @@ class WSSSModule(L.LightningModule):
     def loader_names(self, stage: str) -> list[str]:
         stage = "validate" if stage in ("fit", "sanity_check") else stage
         if stage not in self._loader_names:
-            datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-            names = datamodule.loader_names(stage) if hasattr(datamodule, "loader_names") else ["seg/val"]
+            datamodule = self.trainer.datamodule if self._trainer is not None else None
+            names = datamodule.loader_names(stage) if isinstance(datamodule, WSSSDataModule) else ["seg/val"]
             self._loader_names[stage] = names
         return self._loader_names[stage]
 
@@ -242,6 +284,8 @@ class WSSSModule(L.LightningModule):
             if current not in ("validate", "test"):
                 continue
             for name in self.loader_names(current):
+                if name.startswith("sal/") and not self.parts.saliency:
+                    continue
                 for mode in self.modes(current) if name.startswith("seg/") else [None]:
                     self._metric(current, name, mode)
 
@@ -258,8 +302,7 @@ class WSSSModule(L.LightningModule):
             cache[mode.base] = self._seg_probabilities(images, InferenceMode.parse(mode.base))
         probs = cache[mode.base]
         if mode.crf:
-            labels = crf_refine(images, probs, sizes, self.crf_preset)
-            return [torch.from_numpy(label).to(images.device) for label in labels]
+            return crf_refine(images, probs, sizes, self.crf)
         return [_crop(p, size).argmax(0).to(torch.uint8) for p, size in zip(probs, sizes)]
 
     def predict_saliency(self, images: Tensor, sizes: Tensor) -> list[Tensor]:
@@ -279,7 +322,7 @@ class WSSSModule(L.LightningModule):
                 metric = self._metric(stage, name, mode)
                 for label, target, size in zip(labels, batch["seg"], sizes):
                     metric.update(label.long(), _crop(target, size).long())
-        else:
+        elif self.parts.saliency:  # a method without saliency skips the saliency sets
             maps = self.predict_saliency(images, sizes)
             targets = [_crop(t, size) for t, size in zip(batch["sal"], sizes)]
             self._metric(stage, name).update(maps, targets)
@@ -320,6 +363,8 @@ class WSSSModule(L.LightningModule):
                 results["segmentation"][split] = per_mode
             else:
                 dataset = name[len("sal/") :]
+                if not self.parts.saliency:
+                    continue
                 metric = self._metric(stage, name)
                 if metric.update_count == 0:
                     continue
@@ -340,31 +385,21 @@ class WSSSModule(L.LightningModule):
 
     @rank_zero_only
     def _report_test_results(self, results: dict[str, Any]) -> None:
-        print(format_results(results))
-        path = getattr(self.trainer, "results_json", None)
-        if path is None and self.trainer.log_dir is not None:
-            path = Path(self.trainer.log_dir) / "test_results.json"
-        if path is not None:
-            atomic_write_text(path, json.dumps(results, indent=2, allow_nan=False))
-            log.info("test results written to %s", path)
+        print(format_results(results))  # the JSON file is written by the trainer (WSSSTrainer.test)
 
     # ------------------------------------------------------------------------------------------ predict
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Any:
-        """Per image: ``name``, ``label`` uint8 (H, W) class indices, ``saliency`` uint8 (H, W) grey levels.
-
-        While ``label_request`` is set (``wsss pseudolabel``) the batch feeds that label-set run instead.
-        """
-        if self.label_request is not None:
-            return self.label_request.submit(batch)
+        """Per image: ``name``, ``label`` uint8 (H, W) class indices and, with a saliency part, ``saliency`` uint8
+        (H, W) grey levels."""
         sizes = batch["ori_size"]
         labels = self.predict_labels(batch["image"], sizes, self.predict_inference)
-        saliency = self.predict_saliency(batch["image"], sizes)
+        saliency = self.predict_saliency(batch["image"], sizes) if self.parts.saliency else [None] * len(labels)
         return [
             {
                 "name": name,
                 "label": label.cpu().numpy().astype(np.uint8),
-                "saliency": (sal * 255).round().to(torch.uint8).cpu().numpy(),
+                "saliency": None if sal is None else (sal * 255).round().to(torch.uint8).cpu().numpy(),
             }
             for name, label, sal in zip(batch["name"], labels, saliency)
         ]

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wsss_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize_image
-from wsss_lightning.pseudo.crf import dense_crf
+from wsss_lightning.pseudo.dense_crf import DenseCRF
 
 ScaleFusion = Literal["max", "mean"]
 SegmentationFn = Callable[[Tensor], Tensor]  # (B,3,H,W) -> logits (B,C,h,w)
@@ -95,18 +95,26 @@ def crf_refine(
     images: Tensor,
     probs: Tensor,
     sizes: Tensor,
-    preset: str = "auxseg_inference",
+    crf: DenseCRF,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-) -> list[np.ndarray]:
-    """Dense CRF per image on its true (un-padded) extent. Returns label maps ``uint8 (h_i, w_i)``.
+) -> list[Tensor]:
+    """The run's dense CRF (its ``inference`` preset) per image on its true (un-padded) extent.
 
-    ``probs`` may be max-fused (not summing to 1); they are renormalised before the CRF.
+    ``probs`` may be max-fused (not summing to 1); they are renormalised before the CRF. A pool CRF (pydensecrf)
+    runs on numpy copies in this process; a device CRF (torch) on the tensors' device.
+
+    Returns:
+        label maps ``uint8 (h_i, w_i)`` on ``probs``' device.
     """
     labels = []
     for image, prob, (height, width) in zip(images, probs, sizes.tolist()):
-        raw = denormalize_image(image[:, :height, :width], mean, std)
+        raw = denormalize_image(image[:, :height, :width], mean, std)  # uint8 (h, w, 3) numpy
         p = prob[:, :height, :width].float()
-        p = (p / p.sum(0, keepdim=True).clamp_min(1e-8)).cpu().numpy()
-        labels.append(dense_crf(raw, p, preset).argmax(0).astype(np.uint8))
+        p = p / p.sum(0, keepdim=True).clamp_min(1e-8)
+        if crf.runs_in_pool:
+            marginals = torch.from_numpy(np.asarray(crf.refine_inference(raw, p.cpu().numpy())))
+        else:
+            marginals = crf.refine_inference(torch.from_numpy(raw).to(p.device), p)
+        labels.append(marginals.argmax(0).to(device=probs.device, dtype=torch.uint8))
     return labels

@@ -3,7 +3,7 @@
 One ``wsss fit`` runs the whole method with the stage callback (``PseudoLabelRefresh`` with
 ``initial_labels: none``, ``num_stages: 2``):
 
-* **stage 0 = SSNet-1** (methods §1.2–1.4): the stage-1 network (FCN + SAM) learns from image-level labels
+* **stage 0 = SSNet-1** (method_notes §1.2–1.4): the stage-1 network (FCN + SAM) learns from image-level labels
   (``L_c``: BCE on the spatial mean of the full-resolution and the coarse logits) and DUTS-TR saliency masks
   (``L_s1`` on ``S = Σ_c v_c P_c`` and ``P_0``);
 * **pseudo-labels** (§1.5, kind ``"ssnet"``): every training image gets ``num_augmentations`` augmented copies
@@ -51,10 +51,11 @@ from wsss_lightning.losses import (
 from wsss_lightning.models.ssnet import SSNetOutput
 from wsss_lightning.modules.auxsegnet import build_network
 from wsss_lightning.modules.base import WSSSModule
-from wsss_lightning.modules.inference import ScaleFusion
-from wsss_lightning.pseudo.crf import get_crf_params
+from wsss_lightning.modules.protocol import LabelBatch, MethodParts
+from wsss_lightning.pseudo.dense_crf import DenseCRF, PydenseCRF
 from wsss_lightning.pseudo.fusion import mask_absent_class_logits
 from wsss_lightning.pseudo.jobs import CRFLabelJob, LabelJobGroup
+from wsss_lightning.pseudo.label_set import LabelLayout, LabelSet
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +94,18 @@ class SSNetModule(WSSSModule):
         label_image_size: side of the copies (256).
         label_mask_mode: absent-class masking before the softmax: ``"zero"`` (the code: logits set to 0, so an
             absent class keeps softmax mass and can still win) or ``"neg_inf"`` (removed from the softmax).
-        label_crf: CRF preset of the labels (``"ssnet"``: 3/3, 80/13/10, 5 iterations) or None (plain argmax).
         label_seed: base seed of the copies' augmentation.
         first_network: the network the callback's stage 0 trains: 1 (the whole method) or 2 (stage 2 only, on a
             label set already on disk: ``initial_labels: given``, see ``configs/voc_ssnet_stage2_from_labels.yaml``).
-        remaining arguments: evaluation, see :class:`WSSSModule` (SSNet code: single scale at 256, no CRF).
+        crf: the run's dense CRF; its ``labels`` preset refines the label synthesis (``ssnet``: 3/3, 80/13/10,
+            5 iterations; None: plain argmax) and its ``inference`` preset the ``ss_crf`` test mode (``ssnet``).
+        **kwargs: evaluation arguments and speed switches of :class:`WSSSModule` (SSNet code: single scale at
+            256, no CRF: ``val_modes [ss]``, ``test_modes [ss, ss_crf]`` by default).
     """
+
+    parts = MethodParts(saliency=True, cam=True, affinity=False)
+    default_val_modes = ("ss",)
+    default_test_modes = ("ss", "ss_crf")
 
     def __init__(
         self,
@@ -123,21 +130,13 @@ class SSNetModule(WSSSModule):
         num_augmentations: int = 10,
         label_image_size: int = 256,
         label_mask_mode: MaskMode = "zero",
-        label_crf: str | None = "ssnet",
         label_seed: int = 0,
         first_network: Literal[1, 2] = 1,
-        val_modes: list[str] | None = None,
-        test_modes: list[str] | None = None,
-        eval_scales: list[float] | None = None,
-        scale_fusion: ScaleFusion = "max",
-        crf_preset: str = "ssnet",
-        saliency_protocol: str = "sod",
-        predict_mode: str = "ss",
+        crf: DenseCRF | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            num_classes, class_names, val_modes or ["ss"], test_modes or ["ss", "ss_crf"], eval_scales,
-            scale_fusion, crf_preset, saliency_protocol, predict_mode,
-        )  # fmt: skip
+        crf = crf if crf is not None else PydenseCRF(inference="ssnet", saliency=None, labels="ssnet")
+        super().__init__(num_classes, class_names, crf=crf, **kwargs)
         if min(stage1_decay_steps, stage2_decay_steps, num_augmentations) < 1:
             raise ValueError("stage1_decay_steps, stage2_decay_steps and num_augmentations must be >= 1")
         if saliency_loss not in ("linear", "log"):
@@ -146,11 +145,9 @@ class SSNetModule(WSSSModule):
             raise ValueError(f"first_network must be 1 or 2, got {first_network!r}")
         if label_mask_mode not in ("zero", "neg_inf"):
             raise ValueError(f"label_mask_mode must be 'zero' or 'neg_inf', got {label_mask_mode!r}")
-        self.save_hyperparameters(ignore=["stage1", "stage2"])
+        self.save_hyperparameters(ignore=["stage1", "stage2", "crf"])
         self.stage1 = build_network(stage1, num_classes)
         self.stage2 = build_network(stage2, num_classes)
-        if label_crf is not None:
-            get_crf_params(label_crf)  # fail at construction on an unknown preset, not after stage 1
         # Which network is active (1 or 2). A buffer, so `wsss test --ckpt_path` uses the network the
         # checkpoint was training, without the stage callback.
         self.register_buffer("active_network", torch.tensor(first_network, dtype=torch.int64))
@@ -184,7 +181,7 @@ class SSNetModule(WSSSModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """One step on ``{"seg": VOC batch, "sal": DUTS-TR batch}`` (two forward passes, summed losses).
 
-        Stage 1: ``w_cls·L_c + w_sal·L_s1``; stage 2: ``w_seg·L_s2 + w_cls·L_cls + w_sal·L_s1`` (methods §1.4).
+        Stage 1: ``w_cls·L_c + w_sal·L_s1``; stage 2: ``w_seg·L_s2 + w_cls·L_cls + w_sal·L_s1`` (method_notes §1.4).
         """
         if not isinstance(batch, dict) or "seg" not in batch or "sal" not in batch:
             raise ValueError(
@@ -326,7 +323,7 @@ class SSNetModule(WSSSModule):
     def augment_copies(
         self, raw: np.ndarray, gt: np.ndarray, identifier: str
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """The ``num_augmentations`` copies of one image (methods §1.5), each seeded by ``(id, t)``.
+        """The ``num_augmentations`` copies of one image (method_notes §1.5), each seeded by ``(id, t)``.
 
         Args:
             raw: ``uint8 (H, W, 3)`` the full-size image.
@@ -347,7 +344,7 @@ class SSNetModule(WSSSModule):
 
     @torch.no_grad()
     def label_probabilities(self, images: list[np.ndarray], labels: Tensor) -> Tensor:
-        """Stage-1 class probabilities of augmented copies, absent classes masked (methods §1.5).
+        """Stage-1 class probabilities of augmented copies, absent classes masked (method_notes §1.5).
 
         Args:
             images: ``N`` arrays ``uint8 (S, S, 3)``.
@@ -362,26 +359,22 @@ class SSNetModule(WSSSModule):
         return logits.softmax(dim=1)
 
     @torch.no_grad()
-    def label_jobs(
-        self, batch: dict[str, Any], kind: str, out_dir: str
-    ) -> tuple[list[LabelJobGroup], dict[str, Tensor]]:
+    def label_batch(self, batch: dict[str, Any], kind: str, label_set: LabelSet) -> LabelBatch:
         """Model side of the stage-2 label set for a batch of full-size training images.
 
         Args:
-            batch: from ``datamodule.refresh_dataset()`` (``raw``, ``cls_label``, ``seg`` = GT or 255,
-                ``ori_size``, ``name``; optionally ``pseudo_eval``: which images are scored).
+            batch: see :meth:`WSSSModule.label_batch`.
             kind: ``"ssnet"``.
-            out_dir: the set's folder.
+            label_set: the set being written (a set of copies).
 
         Returns:
             one :class:`LabelJobGroup` per image (its manifest entry) holding ``num_augmentations``
             :class:`CRFLabelJob` named ``<id>_<t>`` (they write ``seg/``, ``images/`` and, for scored images with
-            ground truth, ``gt/``), and ``{}``: there are no un-refined labels that align with the GT.
+            ground truth, ``gt/``); no extra label maps (nothing un-refined aligns with the GT).
         """
         if kind != LABEL_KIND:
             raise ValueError(f"SSNet writes label sets of kind {LABEL_KIND!r}, got {kind!r}")
-        hp = self.hparams
-        crf = get_crf_params(hp.label_crf) if hp.label_crf is not None else None
+        crf = self.crf if self.crf.labels is not None else None
         scored = batch.get("pseudo_eval")
         groups = []
         for index, (height, width) in enumerate(batch["ori_size"].tolist()):
@@ -390,16 +383,21 @@ class SSNetModule(WSSSModule):
             gt = batch["seg"][index, :height, :width].cpu().numpy().astype(np.uint8)
             images, gts = self.augment_copies(raw, gt, name)
             labels = batch["cls_label"][index : index + 1].expand(len(images), -1)
-            probs = self.label_probabilities(images, labels).cpu().numpy()
+            probs = self.label_probabilities(images, labels)
+            if crf is not None and not crf.runs_in_pool:  # a device CRF refines here; the jobs only argmax
+                probs = torch.stack(
+                    [crf.refine_labels(torch.from_numpy(im).to(p.device), p) for im, p in zip(images, probs)]
+                )
+            probs = probs.cpu().numpy()
             write_gt = bool((gt != 255).any()) and (scored is None or bool(scored[index]))
             classes = tuple(int(c) + 1 for c in torch.nonzero(batch["cls_label"][index] > 0).flatten().tolist())
             jobs = [
                 CRFLabelJob(
                     name=f"{name}_{copy}",
-                    out_dir=out_dir,
+                    out_dir=str(label_set.root),
                     probs=probs[copy],
                     image=images[copy],
-                    crf=crf,
+                    crf=crf if crf is not None and crf.runs_in_pool else None,
                     save_image=True,
                     gt=gts[copy] if write_gt else None,
                     classes=classes,
@@ -407,7 +405,14 @@ class SSNetModule(WSSSModule):
                 for copy in range(len(images))
             ]
             groups.append(LabelJobGroup(name=name, jobs=jobs))
-        return groups, {}
+        return LabelBatch(groups)
+
+    def label_layout(self, kind: str) -> LabelLayout:
+        """A set of augmented copies ``<id>_<t>`` with their images (and warped GT for scored ids)."""
+        return LabelLayout(kinds=("seg", "images", "gt"), copies=True)
+
+    def networks(self) -> list[nn.Module]:
+        return [self.stage1, self.stage2]
 
     def label_config(self, kind: str) -> dict[str, Any]:
         """What determines the label set (for the manifest's config hash)."""
@@ -419,6 +424,5 @@ class SSNetModule(WSSSModule):
             "label_image_size": hp.label_image_size,
             "augmentation": "rotate10_crop0.9_flip_resize",
             "mask_mode": hp.label_mask_mode,
-            "crf": hp.label_crf,
             "seed": hp.label_seed,
         }

@@ -1,6 +1,6 @@
 """Class activation maps: normalisation and the PSA multi-scale + flip protocol.
 
-Two CAM recipes are used by the methods (methods.md §2.6):
+Two CAM recipes are used by the methods (docs/method_notes.md §2.6):
 
 * the **initial** CAM (stage-0 pseudo-labels), PSA's ``infer_cls.py`` protocol: sum the ReLU'd CAMs over
   scales (1.0, 0.5, 1.5, 2.0) x {identity, horizontal flip} at image resolution, zero absent classes and

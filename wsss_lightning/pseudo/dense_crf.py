@@ -32,7 +32,6 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
-from torch import Tensor
 
 from wsss_lightning.pseudo.crf import CRFParams, dense_crf, get_crf_params, saliency_crf
 
@@ -135,16 +134,27 @@ class TorchCRF(DenseCRF):
     def marginals(self, image: Any, probs: Any, params: CRFParams) -> Any:
         from wsss_lightning.pseudo.crf_torch import dense_crf_torch
 
-        return dense_crf_torch(image, probs, params)
+        with _float32(probs):
+            return dense_crf_torch(image, probs, params)
 
     def saliency_marginal(self, image: Any, saliency: Any, params: CRFParams, tau: float) -> Any:
         from wsss_lightning.pseudo.crf_torch import saliency_crf_torch
 
-        return saliency_crf_torch(image, saliency, params, tau)
+        with _float32(saliency):
+            return saliency_crf_torch(image, saliency, params, tau)
+
+
+def _float32(x: Any) -> Any:
+    """Autocast off on ``x``'s device: the lattice filtering is float32 maths even inside a bf16 refresh."""
+    import torch
+
+    device = x.device.type if isinstance(x, torch.Tensor) else "cpu"
+    return torch.autocast(device_type=device, enabled=False)
 
 
 def _numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+    """numpy view of an array or a tensor (torch is not imported here: CRF pool workers start light)."""
+    return np.asarray(x) if isinstance(x, np.ndarray) or not hasattr(x, "detach") else x.detach().cpu().numpy()
 
 
 def default_crf(
@@ -152,4 +162,3 @@ def default_crf(
 ) -> DenseCRF:
     """``crf`` itself, or a :class:`PydenseCRF` with a method's default presets when none is configured."""
     return crf if crf is not None else PydenseCRF(inference=inference, labels=labels)
-

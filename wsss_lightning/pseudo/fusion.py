@@ -1,10 +1,11 @@
 """CAM + saliency fusion into pseudo-labels (AuxSegNet) and absent-class logit masking (SSNet).
 
-* :func:`fuse_cam_saliency` is AuxSegNet's heuristic fusion (``tool/imutils.py::fusion_cam``, methods.md §2.7).
+* :func:`fuse_cam_saliency` is AuxSegNet's heuristic fusion (``tool/imutils.py::fusion_cam``,
+  docs/method_notes.md §2.7).
   The official code uses **strict** comparisons: ``cam_max > 0.2`` and ``saliency > 0.06``, so a pixel
   exactly at a threshold does not fire.
 * :func:`mask_absent_class_logits` is SSNet's class masking before softmax + CRF (``syn_stage1.py``,
-  methods.md §1.5): absent foreground logits are multiplied by 0 in the code.
+  docs/method_notes.md §1.5): absent foreground logits are multiplied by 0 in the code.
 """
 
 from __future__ import annotations

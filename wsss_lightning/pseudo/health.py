@@ -148,8 +148,12 @@ class HealthCounts:
         defaults = cls()
         names = [f.name for f in fields(cls)]
         # the field's default tells its type (int counts, float sums of means)
-        return cls(**{n: type(getattr(defaults, n))(v if isinstance(getattr(defaults, n), float) else round(v))
-                      for n, v in zip(names, values)})
+        return cls(
+            **{
+                n: type(getattr(defaults, n))(v if isinstance(getattr(defaults, n), float) else round(v))
+                for n, v in zip(names, values)
+            }
+        )
 
     def summary(self) -> dict[str, float]:
         """The figures of the module docstring; a figure without data is absent."""
@@ -210,7 +214,8 @@ class HealthPolicy:
         cam_empty = summary.get("cam_empty_fraction")
         if cam_empty is not None and cam_empty > self.max_cam_empty_fraction:
             found.append(
-                f"the CAM is zero everywhere for {100 * cam_empty:.0f} % of the images' own classes: {NO_FOREGROUND_FIX}"
+                f"the CAM is zero everywhere for {100 * cam_empty:.0f} % of the images' own classes: "
+                + NO_FOREGROUND_FIX
             )
         missing = summary.get("missing_class_fraction")
         if missing is not None and missing > self.max_missing_class_fraction:

@@ -14,19 +14,21 @@ from pathlib import Path
 import numpy as np
 
 from wsss_lightning.data.io import atomic_write_bytes, grey_png_bytes, palette_png_bytes
-from wsss_lightning.pseudo.crf import CRFParams, dense_crf, saliency_crf
+from wsss_lightning.pseudo.dense_crf import DenseCRF
 from wsss_lightning.pseudo.fusion import CAM_THRESHOLD, SALIENCY_THRESHOLD, fuse_peak_saliency
 from wsss_lightning.pseudo.health import label_statistics
+from wsss_lightning.pseudo.label_set import LabelKind, relative_path
 
 
-def _write(out_dir: Path, relative: str, data: bytes) -> tuple[str, str]:
+def _write(out_dir: Path, kind: LabelKind, name: str, data: bytes) -> tuple[str, str]:
+    relative = relative_path(kind, name)
     atomic_write_bytes(out_dir / relative, data)
     return relative, hashlib.sha256(data).hexdigest()
 
 
 @dataclass
 class FusionJob:
-    """AuxSegNet pseudo-label: optional saliency CRF, then CAM + saliency fusion (methods §2.7–2.8).
+    """AuxSegNet pseudo-label: optional saliency CRF, then CAM + saliency fusion (method_notes §2.7–2.8).
 
     Attributes:
         name: image id.
@@ -36,7 +38,8 @@ class FusionJob:
         saliency: ``float32 (H, W)`` in [0, 1]: the off-the-shelf map (initial labels) or
             (saliency prediction + off-the-shelf map) / 2 (label update).
         image: ``uint8 (H, W, 3)`` for the saliency CRF (None without CRF).
-        saliency_crf: CRF parameters, or None to fuse the saliency as is (initial labels, §2.7).
+        crf: the run's CRF, whose ``refine_saliency`` runs here (a pool CRF), or None to fuse the saliency as is
+            (initial labels, §2.7; or a device CRF that already ran in the main process).
         write_saliency: also write the (CRF-refined) saliency as the next stage's saliency pseudo-label.
         classes: the image-level classes (1..C-1), for the label's health statistics.
     """
@@ -47,8 +50,7 @@ class FusionJob:
     peak_class: np.ndarray
     saliency: np.ndarray
     image: np.ndarray | None = None
-    saliency_crf: CRFParams | None = None
-    tau: float = 1.05
+    crf: DenseCRF | None = None
     cam_threshold: float = CAM_THRESHOLD
     saliency_threshold: float = SALIENCY_THRESHOLD
     write_saliency: bool = False
@@ -57,29 +59,30 @@ class FusionJob:
 
 def run_fusion_job(job: FusionJob) -> dict:
     saliency = job.saliency.astype(np.float32)
-    if job.saliency_crf is not None:
+    if job.crf is not None:
         if job.image is None:
             raise ValueError(f"{job.name}: the saliency CRF needs the image")
-        saliency = saliency_crf(job.image, np.clip(saliency, 0.0, 1.0), job.saliency_crf, job.tau)
+        saliency = np.asarray(job.crf.refine_saliency(job.image, np.clip(saliency, 0.0, 1.0)), dtype=np.float32)
     label = fuse_peak_saliency(job.peak, job.peak_class, saliency, job.cam_threshold, job.saliency_threshold)
     out_dir = Path(job.out_dir)
-    files = dict([_write(out_dir, f"seg/{job.name}.png", palette_png_bytes(label))])
+    files = dict([_write(out_dir, "seg", job.name, palette_png_bytes(label))])
     if job.write_saliency:
-        rel, digest = _write(out_dir, f"sal/{job.name}.png", grey_png_bytes(np.clip(saliency, 0.0, 1.0)))
+        rel, digest = _write(out_dir, "sal", job.name, grey_png_bytes(np.clip(saliency, 0.0, 1.0)))
         files[rel] = digest
     return {"name": job.name, "files": files, "stats": [label_statistics(label, job.classes)]}
 
 
 @dataclass
 class CRFLabelJob:
-    """SSNet pseudo-label: dense CRF on class-masked probabilities, argmax (methods §1.5).
+    """SSNet pseudo-label: dense CRF on class-masked probabilities, argmax (method_notes §1.5).
 
     Attributes:
         name: output name (``<id>_<t>`` for the t-th augmented copy).
         out_dir: the set's folder (``seg/`` and, with ``save_image``, ``images/``).
         probs: ``float32 (C, H, W)`` class probabilities (absent classes already masked).
         image: ``uint8 (H, W, 3)`` the (augmented) image the probabilities belong to.
-        crf: CRF parameters, or None for a plain argmax.
+        crf: the run's CRF, whose ``refine_labels`` runs here (a pool CRF), or None for a plain argmax (also when
+            a device CRF already refined ``probs`` in the main process).
         save_image: write the image too (SSNet stage 2 trains on the augmented copies).
         gt: ``uint8 (H, W)`` ground truth warped with the copy's geometry, written as ``gt/<name>.png`` so the
             copy's label can be scored (None: not written).
@@ -90,26 +93,26 @@ class CRFLabelJob:
     out_dir: str
     probs: np.ndarray
     image: np.ndarray
-    crf: CRFParams | None = None
+    crf: DenseCRF | None = None
     save_image: bool = True
     gt: np.ndarray | None = None
     classes: tuple[int, ...] = ()
 
 
 def run_crf_label_job(job: CRFLabelJob) -> dict:
-    probs = dense_crf(job.image, job.probs, job.crf) if job.crf is not None else job.probs
+    probs = np.asarray(job.crf.refine_labels(job.image, job.probs)) if job.crf is not None else job.probs
     label = probs.argmax(0).astype(np.uint8)
     out_dir = Path(job.out_dir)
-    files = dict([_write(out_dir, f"seg/{job.name}.png", palette_png_bytes(label))])
+    files = dict([_write(out_dir, "seg", job.name, palette_png_bytes(label))])
     if job.save_image:
         from PIL import Image
 
         from wsss_lightning.data.io import encode_png
 
-        rel, digest = _write(out_dir, f"images/{job.name}.png", encode_png(Image.fromarray(job.image, mode="RGB")))
+        rel, digest = _write(out_dir, "images", job.name, encode_png(Image.fromarray(job.image, mode="RGB")))
         files[rel] = digest
     if job.gt is not None:
-        rel, digest = _write(out_dir, f"gt/{job.name}.png", palette_png_bytes(job.gt.astype(np.uint8)))
+        rel, digest = _write(out_dir, "gt", job.name, palette_png_bytes(job.gt.astype(np.uint8)))
         files[rel] = digest
     return {"name": job.name, "files": files, "stats": [label_statistics(label, job.classes)]}
 

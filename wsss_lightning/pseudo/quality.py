@@ -1,4 +1,4 @@
-"""Scoring a pseudo-label folder against ground truth (precision / recall / mIoU, methods §4.2)."""
+"""Scoring a pseudo-label folder against ground truth (precision / recall / mIoU, method_notes §4.2)."""
 
 from __future__ import annotations
 
