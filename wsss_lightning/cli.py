@@ -68,9 +68,14 @@ def _cli_class():
             """Config files with ``__base__`` become repeated ``--config`` (``config_files.py``), from the shell too."""
             from wsss_lightning.config_files import expand_config_args
 
-            if args is None or isinstance(args, list):
-                args = expand_config_args(sys.argv[1:] if args is None else list(args))
-            super().parse_arguments(parser, args)
+            if args is not None and not isinstance(args, list):
+                return super().parse_arguments(parser, args)
+            expanded = expand_config_args(sys.argv[1:] if args is None else list(args))
+            saved, sys.argv = sys.argv, sys.argv[:1]  # the expanded list replaces the command line, not repeats it
+            try:
+                super().parse_arguments(parser, expanded)
+            finally:
+                sys.argv = saved
 
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
             parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -198,11 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    saved, sys.argv = sys.argv, sys.argv if from_shell else sys.argv[:1]
-    try:  # LightningCLI reads sys.argv itself from the shell; in-process callers' lists go through `args`
-        _cli_class()(None if from_shell else argv)
-    finally:
-        sys.argv = saved
+    _cli_class()(None if from_shell else argv)
     _finish_wandb()
     return 0
 

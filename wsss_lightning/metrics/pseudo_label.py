@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from wsss_lightning.metrics.segmentation import check_target_values
+from wsss_lightning.metrics.segmentation import check_class_arguments, check_target_values, confusion_counts
 
 __all__ = ["PseudoLabelQuality"]
 
@@ -47,10 +47,7 @@ class PseudoLabelQuality(Metric):
 
     def __init__(self, num_classes: int, ignore_index: int = 255, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
-        if 0 <= ignore_index < num_classes:
-            raise ValueError(f"ignore_index {ignore_index} is a real class index (num_classes={num_classes})")
+        check_class_arguments(num_classes, ignore_index)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         size = num_classes + 1
@@ -66,12 +63,9 @@ class PseudoLabelQuality(Metric):
         preds, target = preds.long(), target.long()
         check_target_values(target, self.num_classes, self.ignore_index)
         check_target_values(preds, self.num_classes, self.ignore_index, name="pseudo-label")
-        valid = target != self.ignore_index
-        gt, pred = target[valid], preds[valid]
-        size = self.num_classes + 1
-        pred = torch.where(pred == self.ignore_index, self.num_classes, pred)
-        counts = torch.bincount(gt * size + pred, minlength=size * size).reshape(size, size)
-        self.confmat += counts.to(self.confmat.device)
+        # an unlabelled pixel (255) lands in column C: a miss of its GT class; row C (GT never C) stays 0
+        counts = confusion_counts(target, preds, self.num_classes, self.ignore_index)
+        self.confmat[: self.num_classes] += counts.to(self.confmat.device)
 
     def compute(self) -> dict[str, Tensor]:
         """Means over the C real classes, per-class vectors, ``ignored_fraction`` and ``confmat``."""

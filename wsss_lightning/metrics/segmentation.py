@@ -50,6 +50,25 @@ def check_target_values(values: Tensor, num_classes: int, ignore_index: int, nam
         )
 
 
+def check_class_arguments(num_classes: int, ignore_index: int) -> None:
+    """``num_classes`` positive and ``ignore_index`` not a real class (the metrics' shared argument rule)."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    if 0 <= ignore_index < num_classes:
+        raise ValueError(f"ignore_index {ignore_index} is a real class index (num_classes={num_classes})")
+
+
+def confusion_counts(target: Tensor, preds: Tensor, num_classes: int, ignore_index: int) -> Tensor:
+    """``int64 (C, C + 1)`` pixel counts: rows = GT class, columns = predicted class, and column ``C`` for every
+    prediction outside ``[0, C)`` (a miss of the GT class: no false positive anywhere). GT ``ignore_index`` pixels
+    are skipped. ``target`` and ``preds``: integer class maps of one shape."""
+    valid = target != ignore_index
+    gt, pred = target[valid], preds[valid]
+    pred = torch.where((pred < 0) | (pred >= num_classes), num_classes, pred)
+    counts = torch.bincount(gt * (num_classes + 1) + pred, minlength=num_classes * (num_classes + 1))
+    return counts.reshape(num_classes, num_classes + 1)
+
+
 class SegmentationIoU(Metric):
     """Per-class IoU and mIoU from a dataset-level confusion matrix, ``ignore_index`` excluded.
 
@@ -81,10 +100,7 @@ class SegmentationIoU(Metric):
 
     def __init__(self, num_classes: int, ignore_index: int = 255, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
-        if 0 <= ignore_index < num_classes:
-            raise ValueError(f"ignore_index {ignore_index} is a real class index (num_classes={num_classes})")
+        check_class_arguments(num_classes, ignore_index)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.add_state("confmat", torch.zeros(num_classes, num_classes, dtype=torch.int64), dist_reduce_fx="sum")
@@ -98,16 +114,10 @@ class SegmentationIoU(Metric):
         preds = class_indices(preds, target, self.num_classes)
         target = target.long()
         check_target_values(target, self.num_classes, self.ignore_index)
-        valid = target != self.ignore_index
-        gt, pred = target[valid], preds[valid]
-        out_of_range = (pred < 0) | (pred >= self.num_classes)
-        classes = self.num_classes
         # Column C collects predictions outside [0, C); it becomes the ``missed`` vector.
-        pred = torch.where(out_of_range, classes, pred)
-        counts = torch.bincount(gt * (classes + 1) + pred, minlength=classes * (classes + 1))
-        counts = counts.reshape(classes, classes + 1).to(self.confmat.device)
-        self.confmat += counts[:, :classes]
-        self.missed += counts[:, classes]
+        counts = confusion_counts(target, preds, self.num_classes, self.ignore_index).to(self.confmat.device)
+        self.confmat += counts[:, : self.num_classes]
+        self.missed += counts[:, self.num_classes]
 
     def compute(self) -> dict[str, Tensor]:
         """``mIoU``, ``IoU`` (C,), ``pixel_accuracy``, ``mean_accuracy``, ``confmat`` (C, C) (class docstring)."""

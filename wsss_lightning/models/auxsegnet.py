@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -180,32 +181,8 @@ class AuxSegNetPlus(AuxSegNet):
 
     The unary term, its cross-task fusion and the refinement sum are our UNCONFIRMED DNL/GCNet-style reading
     of the paper (docs/method_notes.md §2.12); only the pairwise affinity propagates CAMs (confirmed by the abstract).
+    Every other argument is :class:`AuxSegNet`'s.
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        backbone: nn.Module,
-        affinity: AffinityMode = "dual",
-        cross_task: bool = True,
-        head_channels: int = 128,
-        dilations: Sequence[int] = (6, 12, 18),
-        unary_fusion: UnaryFusionMode = "conv",
-        whiten_pairwise: bool = False,
-        average_terms: bool = False,
-        renormalize_rows: bool = False,
-        chunk_size: int = 4096,
-    ) -> None:
-        super().__init__(
-            num_classes,
-            backbone,
-            affinity=affinity,
-            cross_task=cross_task,
-            head_channels=head_channels,
-            dilations=dilations,
-            unary_fusion=unary_fusion,
-            whiten_pairwise=whiten_pairwise,
-            average_terms=average_terms,
-            renormalize_rows=renormalize_rows,
-            chunk_size=chunk_size,
-        )
+    def __init__(self, num_classes: int, backbone: nn.Module, affinity: AffinityMode = "dual", **kwargs: Any) -> None:
+        super().__init__(num_classes, backbone, affinity=affinity, **kwargs)
