@@ -154,6 +154,7 @@ class _LabelSetRun:
             batch_size=self.options.batch_size,
             num_workers=self.options.num_workers,
             collate_fn=pad_collate,
+            generator=torch.Generator().manual_seed(0),  # never draws from the global RNG (exact resume)
         )
         progress = tqdm(
             total=len(shard), desc=f"pseudo-labels stage {self.stage} ({self.kind})", unit="img", leave=False,

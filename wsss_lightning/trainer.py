@@ -136,7 +136,9 @@ class WSSSTrainer(L.Trainer):
         options = LabelRunOptions(batch_size, num_workers, crf_workers, verify_checksums)
         task = LabelSetTask(model, datamodule, label_set, kind, stage, label_config(model, kind, stage, step), options)
         # one item per rank: the task's single predict step runs the whole (sharded) set
-        carrier = torch.utils.data.DataLoader(list(range(self.world_size)), batch_size=1)
+        carrier = torch.utils.data.DataLoader(
+            list(range(self.world_size)), batch_size=1, generator=torch.Generator().manual_seed(0)
+        )
         super().predict(task, dataloaders=carrier, return_predictions=False)
         if task.record is not None:
             # a set written on request is kept whatever its health; a degenerate one is announced loudly

@@ -51,7 +51,9 @@ class BatchScaleCollate:
         self.finish = finish
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        seed = draw_seed()
+        # the first sample's seed (SeededBatchSampler) fixes the batch's scale; draw one for other samplers
+        seed = samples[0].get("seed") if samples else None
+        seed = draw_seed() if seed is None else int(seed)
         scale = self.transform.sample_scale(np.random.default_rng(seed))
         out = []
         for offset, arrays in enumerate(samples):

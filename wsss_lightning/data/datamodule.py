@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -36,6 +36,7 @@ from wsss_lightning.data.io import IMAGE_EXTENSIONS, DatasetError, list_images
 from wsss_lightning.data.labels import AugmentedCopyLabels, ImageLabels, LabelSourceName
 from wsss_lightning.data.palette import COCO_CLASSES, VOC_CLASSES, default_class_names
 from wsss_lightning.data.saliency import SaliencyDataset, canonical_name
+from wsss_lightning.data.sampling import EpochSampler, ResumableDataLoader, SeededBatchSampler, global_seed
 from wsss_lightning.data.splits import ListEntry, read_id_list, resolve_split_file
 from wsss_lightning.data.transforms import ResizeOnly, RotateCropResize, ScaleCropFlip
 from wsss_lightning.pseudo.label_set import LabelSet
@@ -388,33 +389,49 @@ class WSSSDataModule(L.LightningDataModule):
         if report.errors:
             raise DatasetError(report.error_message())
 
-    def _loader(
-        self, dataset: Dataset, batch_size: int, shuffle: bool, collate_fn=None, drop_last=False, sampler=None
-    ) -> DataLoader:
+    def _loader_options(self) -> dict[str, Any]:
         hp = self.hparams
-        pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
+        return {
+            "num_workers": hp.num_workers,
+            "pin_memory": torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory,
+            "persistent_workers": hp.persistent_workers and hp.num_workers > 0,
+            "prefetch_factor": hp.get("prefetch_factor") if hp.num_workers > 0 else None,
+            # its own generator: creating an iterator (worker base seeds) never draws from torch's global RNG, whose
+            # state belongs to the training steps (dropout) and is restored exactly on resume
+            "generator": torch.Generator().manual_seed(global_seed()),
+        }
+
+    def _loader(self, dataset: Dataset, batch_size: int, collate_fn=None, sampler=None) -> DataLoader:
+        """An evaluation loader: in order, every sample."""
         return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle if sampler is None else False,
-            sampler=sampler,
-            num_workers=hp.num_workers,
-            pin_memory=pin,
-            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
-            prefetch_factor=hp.get("prefetch_factor") if hp.num_workers > 0 else None,
-            collate_fn=collate_fn,
-            drop_last=drop_last,
+            dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn, **self._loader_options()
         )
+
+    def _train_loader(self, dataset: Dataset, batch_size: int, collate_fn=None) -> ResumableDataLoader:
+        """A training loader that resumes exactly (``data/sampling.py``): epoch-seeded order, seeded samples, its
+        position in checkpoints; Lightning swaps in a ``DistributedSampler`` under DDP."""
+        batch_sampler = SeededBatchSampler(EpochSampler(dataset), batch_size, drop_last=True)
+        return ResumableDataLoader(
+            dataset, batch_sampler=batch_sampler, collate_fn=collate_fn, position=self._train_position,
+            **self._loader_options(),
+        )  # fmt: skip
+
+    def _train_position(self) -> tuple[int, int]:
+        """``(epoch, batches trained on in it)`` from the trainer's progress (``(0, 0)`` without a trainer)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self):
         dataset = self.train_dataset()
         collate = BatchScaleCollate(dataset.transform, dataset.finish) if dataset.defer_transform else None
-        seg_loader = self._loader(dataset, self.hparams.batch_size, True, collate, drop_last=True)
+        seg_loader = self._train_loader(dataset, self.hparams.batch_size, collate)
         if self.hparams.saliency_train_root is None:
             return seg_loader
         saliency = self.saliency_dataset(self.hparams.saliency_train_name, self.hparams.saliency_train_root, True)
         sal_batch = self.hparams.saliency_batch_size or self.hparams.batch_size
-        sal_loader = self._loader(saliency, sal_batch, True, drop_last=True)
+        sal_loader = self._train_loader(saliency, sal_batch)
         return CombinedLoader({"seg": seg_loader, "sal": sal_loader}, mode="max_size_cycle")
 
     def loader_names(self, stage: str) -> list[str]:
@@ -440,10 +457,7 @@ class WSSSDataModule(L.LightningDataModule):
         batch = self.hparams.eval_batch_size
         datasets = [self.eval_dataset(split)]
         datasets += [self.saliency_dataset(name, root) for name, root in (sets or {}).items()]
-        return [
-            self._loader(dataset, batch, False, pad_collate, sampler=self._eval_sampler(dataset))
-            for dataset in datasets
-        ]
+        return [self._loader(dataset, batch, pad_collate, sampler=self._eval_sampler(dataset)) for dataset in datasets]
 
     def val_dataloader(self):
         return self._eval_loaders(self.hparams.val_split, self.hparams.saliency_val_sets)
@@ -452,4 +466,4 @@ class WSSSDataModule(L.LightningDataModule):
         return self._eval_loaders(self.test_split, self.hparams.saliency_test_sets)
 
     def predict_dataloader(self):
-        return self._loader(self.predict_dataset(), self.hparams.eval_batch_size, False, pad_collate)
+        return self._loader(self.predict_dataset(), self.hparams.eval_batch_size, pad_collate)

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from wsss_lightning.data.io import DatasetError, read_image, read_label, read_saliency
 from wsss_lightning.data.labels import ImageLabels
+from wsss_lightning.data.sampling import SeededIndex
 from wsss_lightning.data.splits import ListEntry
 from wsss_lightning.data.transforms import IGNORE_SALIENCY, IMAGENET_MEAN, IMAGENET_STD, normalize_image
 
@@ -171,12 +172,16 @@ class SegmentationDataset(Dataset):
             sample["raw"] = torch.from_numpy(np.ascontiguousarray(arrays["image"]))
         return sample
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | SeededIndex) -> dict[str, Any]:
+        """A sample by index; a :class:`~wsss_lightning.data.sampling.SeededIndex` (training batches) also fixes the
+        seed of its augmentation, so the sample does not depend on which worker served it or what came before."""
+        index, seed = (key.index, key.seed) if isinstance(key, SeededIndex) else (int(key), None)
         arrays = self.load_arrays(index)
         if self.defer_transform:
+            arrays["seed"] = seed
             return arrays
         if self.transform is not None:
             arrays["image"], arrays["seg"], arrays["sal"] = self.transform(
-                arrays["image"], arrays["seg"], arrays["sal"]
+                arrays["image"], arrays["seg"], arrays["sal"], seed=seed
             )
         return self.finish(arrays)

@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from wsss_lightning.data.io import IMAGE_EXTENSIONS, DatasetError, list_images, read_image, read_saliency
+from wsss_lightning.data.sampling import SeededIndex
 from wsss_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_image
 
 PUBLISHED_LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -178,7 +179,9 @@ class SaliencyDataset(Dataset):
     def ids(self) -> list[str]:
         return [stem for stem, _, _ in self.pairs]
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | SeededIndex) -> dict[str, Any]:
+        """A pair by index; a :class:`~wsss_lightning.data.sampling.SeededIndex` also fixes its augmentation's seed."""
+        index, seed = (key.index, key.seed) if isinstance(key, SeededIndex) else (int(key), None)
         stem, image_path, mask_path = self.pairs[index]
         image = read_image(image_path)
         mask = read_saliency(mask_path)
@@ -191,7 +194,7 @@ class SaliencyDataset(Dataset):
         sal = mask.astype(np.float32) / 255.0
         seg = np.full((height, width), 255, dtype=np.uint8)
         if self.transform is not None:
-            image, seg, sal = self.transform(image, seg, sal)
+            image, seg, sal = self.transform(image, seg, sal, seed=seed)
         return {
             "image": normalize_image(image, self.mean, self.std),
             "sal": torch.from_numpy(np.ascontiguousarray(sal, dtype=np.float32)),

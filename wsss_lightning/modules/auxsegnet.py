@@ -158,7 +158,10 @@ class AuxSegNetModule(WSSSModule):
 
     def poly_factor(self, step: int) -> float:
         """``(1 - t / T) ** power`` within the current segment (a stage), ``t`` steps since its start."""
-        progress = min(max(step - self.lr_segment_start, 0) / self.lr_segment_steps(), 1.0)
+        elapsed = step - self.lr_segment_start
+        if elapsed <= 0:  # the segment's start (also when the scheduler is built, before the loaders exist)
+            return 1.0
+        progress = min(elapsed / self.lr_segment_steps(), 1.0)
         return (1.0 - progress) ** self.hparams.poly_power
 
     def enter_stage(self, stage: int, start_step: int, epochs: int | None, reset_optimizer: bool) -> None:

@@ -35,6 +35,7 @@ from wsss_lightning.metrics import SaliencyMetrics, SegmentationIoU
 from wsss_lightning.modules.inference import InferenceMode, ScaleFusion, crf_refine, segmentation_probabilities
 from wsss_lightning.modules.nonfinite import batch_ids, check_finite
 from wsss_lightning.modules.protocol import LabelBatch, MethodParts
+from wsss_lightning.modules.rng import capture_rng_states, restore_rng_states
 from wsss_lightning.pseudo.dense_crf import DenseCRF, PydenseCRF
 from wsss_lightning.pseudo.label_set import LabelLayout, LabelSet
 
@@ -118,6 +119,8 @@ class WSSSModule(L.LightningModule, ABC):
         self.lr_segment_start = 0
         self.lr_segment_epochs: int | None = None
         self._train_batch_ids: list[str] = []
+        self._rng_to_restore: dict[str, Any] | None = None
+        self._lr_stale = False
 
     # ------------------------------------------------------------------------------------------ the contract
 
@@ -213,8 +216,18 @@ class WSSSModule(L.LightningModule, ABC):
         if reset_optimizer:
             for optimizer in self.trainer.optimizers:
                 optimizer.state.clear()
-        # The scheduler set the current lr at its last step, under the previous segment: re-evaluate it now so
-        # the stage's first step already runs at the restarted learning rate.
+        # The scheduler set the current lr at its last step, under the previous segment: re-evaluate it before the
+        # stage's first step. Not here when the training loader is not built yet (the stage callback enters the
+        # stage in on_fit_start): asking for the stage length then would build it before Lightning restored the
+        # loops, and a resumed run would lose the loader's position.
+        if self.trainer.num_training_batches == float("inf"):
+            self._lr_stale = True
+        else:
+            self._reevaluate_lr()
+
+    def _reevaluate_lr(self) -> None:
+        """Set every group's lr to the scheduler's value at its current step (under the current segment)."""
+        self._lr_stale = False
         for config in self.trainer.lr_scheduler_configs:
             scheduler = config.scheduler
             if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
@@ -227,6 +240,22 @@ class WSSSModule(L.LightningModule, ABC):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._train_batch_ids = batch_ids(batch)  # named by the NaN/Inf guard if this batch's loss blows up
+        if self._lr_stale:
+            self._reevaluate_lr()
+        if self._rng_to_restore is not None:  # the first step after a resume draws what the interrupted run would
+            restore_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
+
+    # ------------------------------------------------------------------------------------------ exact resume
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the RNG states (torch CPU/CUDA, numpy, python) of the training steps: dropout resumes exactly."""
+        checkpoint["rng_states"] = capture_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Restored at the next training step, not now: restoring the loops and building loaders comes in between
+        # (every loader has its own generator, so nothing there draws from the global RNG).
+        self._rng_to_restore = checkpoint.get("rng_states")
 
     def on_before_backward(self, loss: Tensor) -> None:
         """Stop before a NaN/Inf loss reaches the weights (see ``modules/nonfinite.py``)."""
