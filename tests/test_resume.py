@@ -336,3 +336,28 @@ def test_nonfinite_gradients_and_batch_ids() -> None:
     check_finite(module, torch.tensor(1.0), "loss", ["a"])  # finite: nothing happens
     with pytest.raises(NonFiniteLossError, match="gradient is not finite .*batch ids: a, b"):
         check_finite(module, [torch.tensor([float("inf")])], "gradient", ["a", "b"])
+
+
+@pytest.mark.slow
+def test_two_runs_of_one_seed_are_identical_even_under_cpu_load(demo, tmp_path):
+    """Nothing depends on timing: data workers, the CRF pool and the label writes are ordered by seeds and names,
+    not by which process finishes first. Run B competes with three busy processes for the two cores."""
+
+    def config(run: Path) -> Path:
+        path = _config(demo, run, [])
+        data = yaml.safe_load(path.read_text())
+        data["data"]["init_args"]["num_workers"] = 2  # real worker processes, as the demo recipe
+        data["stages"]["init_args"]["crf_workers"] = 1
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    first = _fit(config(tmp_path / "a"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+    try:
+        second = _fit(config(tmp_path / "b"))
+    finally:
+        for burner in burners:
+            burner.kill()
+    assert second.returncode == 0, second.stderr[-3000:]
+    _assert_complete(tmp_path / "b", tmp_path / "a")
