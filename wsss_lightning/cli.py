@@ -39,6 +39,7 @@ def _cli_class():
     from wsss_lightning.callbacks.wandb_media import wandb_loggers
     from wsss_lightning.data.datamodule import WSSSDataModule
     from wsss_lightning.modules.base import WSSSModule
+    from wsss_lightning.signals import GracefulStop
     from wsss_lightning.trainer import WSSSTrainer
 
     class ConfigToLoggers(SaveConfigCallback):
@@ -99,6 +100,8 @@ def _cli_class():
             wants_bar = config.get("enable_progress_bar") in (None, True)
             if wants_bar and not any(isinstance(c, ProgressBar) for c in [*configured, *callbacks]):
                 callbacks.append(StageProgressBar())
+            if not any(isinstance(c, GracefulStop) for c in [*configured, *callbacks]):
+                callbacks.append(GracefulStop())  # SIGTERM / SIGINT / SLURM requeue stop at a safe point
             return super()._instantiate_trainer(config, callbacks)
 
     def make(args: list[str] | None = None, run: bool = True) -> Any:
@@ -203,7 +206,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    _cli_class()(None if from_shell else argv)
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        _cli_class()(None if from_shell else argv)
+    except SIGTERMException:
+        _finish_wandb()
+        print(
+            "wsss: stopped by a signal at a safe point; what was finished is saved "
+            "(rerun the same command with --ckpt_path last to continue)",
+            file=sys.stderr,
+        )
+        return 143  # 128 + SIGTERM, what a scheduler expects from a job it asked to stop
     _finish_wandb()
     return 0
 

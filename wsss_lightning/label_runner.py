@@ -37,6 +37,7 @@ from wsss_lightning.pseudo.jobs import run_label_job
 from wsss_lightning.pseudo.label_set import LabelSet
 from wsss_lightning.pseudo.quality import quality_summary, score_label_dir
 from wsss_lightning.pseudo.writer import PseudoLabelWriter
+from wsss_lightning.signals import raise_if_stop_requested
 
 __all__ = ["QUALITY_LOG_KEYS", "LabelRunOptions", "label_config", "log_record", "run_label_set"]
 
@@ -163,12 +164,28 @@ class _LabelSetRun:
         writer = PseudoLabelWriter(
             self.label_set, self.config, rank=self.trainer.global_rank, workers=self.options.crf_workers
         )
-        with torch.no_grad():
-            for batch in loader:
-                progress.update(self._submit(batch, writer))
-        progress.close()
-        written = writer.close()
+        # Every rank runs as many rounds as the longest shard (shards differ by at most one batch), so the stop
+        # check after each round is a collective all ranks reach: a signal stops every rank at the same round.
+        rounds = self._rounds(len(loader))
+        batches = iter(loader)
+        try:
+            with torch.no_grad():
+                for _ in range(rounds):
+                    batch = next(batches, None)
+                    if batch is not None:
+                        progress.update(self._submit(batch, writer))
+                    raise_if_stop_requested(self.trainer)
+        finally:  # finished labels stay recorded (manifest shard) whatever stops the loop: a resume keeps them
+            progress.close()
+            written = writer.close()
         return self._finish(written, reused=len(self.names) - len(pending), seconds=time.perf_counter() - started)
+
+    def _rounds(self, batches: int) -> int:
+        """The largest number of batches of any rank's shard."""
+        if self.trainer.world_size == 1:
+            return batches
+        count = torch.tensor([float(batches)], device=self.device)
+        return int(self.trainer.strategy.reduce(count, reduce_op="max").item())
 
     def _submit(self, batch: dict[str, Any], writer: PseudoLabelWriter) -> int:
         """Run the method on a batch and queue its CPU jobs. Returns the number of images queued."""

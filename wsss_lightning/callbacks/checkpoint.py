@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class ResumableCheckpoint(ModelCheckpoint):
@@ -31,3 +32,10 @@ class ResumableCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         self._save_last_if_stale(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """A stop signal (``signals.py``) stops the fit at a safe point: save ``last`` there, so
+        ``--ckpt_path last`` continues exactly where it stopped (a label set cut off included: the stage callback's
+        state records it). Any other exception leaves the last good checkpoint alone."""
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit" and self.save_last:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -8,6 +8,7 @@ from typing import Any
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from wsss_lightning.data.io import write_grey_png, write_palette_png
+from wsss_lightning.signals import raise_if_stop_requested
 
 
 class MaskWriter(BasePredictionWriter):
@@ -29,3 +30,4 @@ class MaskWriter(BasePredictionWriter):
             if item.get("saliency") is not None:
                 write_grey_png(self.out_dir / "saliency" / f"{item['name']}.png", item["saliency"])
             self.count += 1
+        raise_if_stop_requested(trainer, synchronize=False)  # Lightning's predict loop checks no signal itself
