@@ -247,3 +247,24 @@ def test_missing_package_names_the_pip_requirement(offline: list[bool], monkeypa
     # "auto" falls back to the hub, which is offline here: the error still names the package
     with pytest.raises(RuntimeError, match=hint):
         TimmBackbone(NAME, pretrained=True)
+
+
+def test_frozen_levels_stop_gradients_up_to_a_level_except_the_trainable_modules() -> None:
+    import torch
+
+    from wsss_lightning.models import TimmBackbone
+
+    backbone = TimmBackbone("tf_efficientnet_lite0", output_stride=8, freeze_bn=True, frozen_levels=5,
+                            trainable_modules=["blocks.6"])  # fmt: skip
+    trainable = {name.split(".")[1] for name, p in backbone.body.named_parameters() if p.requires_grad}
+    assert trainable == {"6"}, "only the last block learns"
+    partial = TimmBackbone("tf_efficientnet_lite0", output_stride=8, frozen_levels=4)
+    assert {name.split(".")[1] for name, p in partial.body.named_parameters() if p.requires_grad} == {"5", "6"}
+    partial.train()
+    frozen_bn = partial.body.blocks[4][0].bn1
+    assert not frozen_bn.training and partial.body.blocks[5][0].bn1.training, "frozen layers keep BN statistics"
+    out = partial(torch.randn(1, 3, 64, 64))[-1].sum()
+    out.backward()
+    assert partial.body.conv_stem.weight.grad is None and partial.body.blocks[6][0].conv_pw.weight.grad is not None
+    with pytest.raises(ValueError, match="no module 'blocks.9'"):
+        TimmBackbone("tf_efficientnet_lite0", output_stride=8, frozen_levels=5, trainable_modules=["blocks.9"])
