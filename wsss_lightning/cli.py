@@ -10,7 +10,8 @@ Non-training subcommands share the entry point:
 * ``wsss evaluate --task seg|sal --pred DIR --gt DIR``   score any folder of predictions;
 * ``wsss data check --config CFG``                       validate a dataset before training;
 * ``wsss data demo --out DIR``                           generate the synthetic demo dataset;
-* ``wsss data coco-masks --instances JSON --out DIR``    COCO instances -> class-index PNG masks.
+* ``wsss data coco-masks --instances JSON --out DIR``    COCO instances -> class-index PNG masks;
+* ``wsss data baselines --root VOC2012``                 the label-free baselines a trained run must beat.
 """
 
 from __future__ import annotations
@@ -21,12 +22,18 @@ from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-DATA_COMMANDS = ("check", "demo", "coco-masks")
+DATA_COMMANDS = ("check", "demo", "coco-masks", "baselines")
+
+
+class CommandLineError(ValueError):
+    """A command line that cannot run as given; the message says what to change."""
+
+
 USAGE = """usage: wsss {fit,validate,test,predict,pseudolabel,evaluate,data} ...
 
   fit | validate | test | predict | pseudolabel   Lightning subcommands (wsss fit --help)
   evaluate                                         score a folder of predictions (wsss evaluate --help)
-  data {check,demo,coco-masks}                     dataset tools (wsss data check --help)
+  data {check,demo,coco-masks,baselines}           dataset tools (wsss data check --help)
 """
 
 
@@ -35,6 +42,7 @@ def _cli_class():
     from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+    from wsss_lightning.callbacks import PseudoLabelRefresh
     from wsss_lightning.callbacks.progress import StageProgressBar
     from wsss_lightning.callbacks.wandb_media import wandb_loggers
     from wsss_lightning.data.datamodule import WSSSDataModule
@@ -59,6 +67,8 @@ def _cli_class():
     class WSSSCLI(LightningCLI):
         """LightningCLI with the data -> model class-count link and the ``pseudolabel`` subcommand."""
 
+        _command_line: list[str] = []
+
         @staticmethod
         def subcommands() -> dict[str, set[str]]:
             commands = LightningCLI.subcommands()
@@ -72,6 +82,7 @@ def _cli_class():
             if args is not None and not isinstance(args, list):
                 return super().parse_arguments(parser, args)
             expanded = expand_config_args(sys.argv[1:] if args is None else list(args))
+            self._command_line = expanded
             saved, sys.argv = sys.argv, sys.argv[:1]  # the expanded list replaces the command line, not repeats it
             try:
                 super().parse_arguments(parser, expanded)
@@ -84,9 +95,35 @@ def _cli_class():
             # The stage pipeline is a top-level group (``stages:`` in configs, ``--stages.epochs_per_stage 10``).
             parser.add_lightning_class_args(Callback, "stages", subclass_mode=True, required=False)
 
+        def before_instantiate_classes(self) -> None:
+            """Logs follow ``--trainer.default_root_dir`` unless the logger's ``save_dir`` is on the command line."""
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            logger = config.get("trainer.logger")
+            given = any("logger.init_args.save_dir" in a or "logger.save_dir" in a for a in self._command_line)
+            root = config.get("trainer.default_root_dir")
+            if not given and root and logger and "init_args" in logger and "save_dir" in logger.init_args:
+                logger.init_args.save_dir = root
+
+        def before_predict(self) -> None:
+            if self.config.predict.get("out_dir") is None:
+                raise CommandLineError(
+                    "wsss predict writes masks and saliency maps to a folder: give --out_dir DIR "
+                    "(and --data.predict_dir for your own images; default: the val split)"
+                )
+
         def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
             # ``stages: null`` (no stage pipeline, e.g. the fully supervised baseline) adds no callback.
             callbacks = [c for c in callbacks if c is not None]
+            stages = [c for c in callbacks if isinstance(c, PseudoLabelRefresh)]
+            if stages:  # the stage schedule sets the number of epochs: say so instead of overriding silently
+                total = stages[0].total_epochs
+                if config.get("max_epochs") not in (None, -1, total):
+                    raise CommandLineError(
+                        f"--trainer.max_epochs {config['max_epochs']} conflicts with the stage schedule, which runs "
+                        f"{total} epochs (warm-up {stages[0].warmup_epochs} + stages {stages[0].epochs_per_stage}): "
+                        "change --stages.init_args.warmup_epochs / epochs_per_stage instead"
+                    )
+                config["max_epochs"] = total
             # The stage-aware progress bar, unless the bar is off or the config brings its own.
             configured = config.get("callbacks") or []
             configured = configured if isinstance(configured, list) else [configured]
@@ -173,7 +210,7 @@ def data_check(argv: list[str]) -> int:
 
 def data_main(argv: list[str]) -> int:
     if not argv or argv[0] not in DATA_COMMANDS:
-        print("usage: wsss data {check,demo,coco-masks} ...", file=sys.stderr)
+        print(f"usage: wsss data {{{','.join(DATA_COMMANDS)}}} ...", file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
     if command == "check":
@@ -182,6 +219,10 @@ def data_main(argv: list[str]) -> int:
         from wsss_lightning.data.demo import main as demo_main
 
         return demo_main(rest)
+    if command == "baselines":
+        from wsss_lightning.data.baselines import main as baselines_main
+
+        return baselines_main(rest)
     from wsss_lightning.data.coco_convert import main as coco_main
 
     return coco_main(rest)
@@ -208,8 +249,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from wsss_lightning.data.io import DatasetError
+    from wsss_lightning.models.checkpoint import CheckpointError
+
+    boundary = (CommandLineError, DatasetError, CheckpointError, ConfigError, FileNotFoundError, FileExistsError)
     try:
         _cli_class()(None if from_shell else argv)
+    except (*boundary, ValueError) as error:
+        # bad input at the boundary: one line with the file and the fix, no traceback (jsonargparse wraps what the
+        # constructors raise, e.g. a missing weight file, in ValueErrors: the cause names the file)
+        cause = _find_cause(error, boundary)
+        if cause is None:
+            raise
+        _finish_wandb()
+        print(f"error: {cause}", file=sys.stderr)
+        return 2
     except SIGTERMException:
         _finish_wandb()
         print(
@@ -220,6 +274,18 @@ def main(argv: list[str] | None = None) -> int:
         return 143  # 128 + SIGTERM, what a scheduler expects from a job it asked to stop
     _finish_wandb()
     return 0
+
+
+def _find_cause(error: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """``error`` or the first exception of one of ``kinds`` in its chain of causes."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kinds):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _finish_wandb() -> None:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from wsss_lightning.data.io import DatasetError, atomic_write_bytes, list_images, read_label, read_saliency
 from wsss_lightning.data.palette import default_class_names
+from wsss_lightning.data.splits import read_id_list
 from wsss_lightning.metrics.saliency import SaliencyMetrics
 from wsss_lightning.metrics.segmentation import SegmentationIoU
 
@@ -60,12 +61,22 @@ def _listing(lines: Sequence[str]) -> str:
     return "\n".join(shown)
 
 
-def _match(pred_dir: Path, gt_dir: Path) -> tuple[list[tuple[str, Path, Path]], list[str]]:
-    """Pairs ``(stem, pred, gt)`` in GT order and the stems of predictions without GT."""
+def _match(
+    pred_dir: Path, gt_dir: Path, ids: Sequence[str] | None = None
+) -> tuple[list[tuple[str, Path, Path]], list[str]]:
+    """Pairs ``(stem, pred, gt)`` in GT order (only ``ids`` when given) and the stems of predictions without GT."""
     for role, folder in (("prediction", pred_dir), ("ground-truth", gt_dir)):
         if not folder.is_dir():
             raise EvaluationError(f"{role} folder {folder} does not exist or is not a folder")
     gts, preds = list_images(gt_dir), list_images(pred_dir)
+    unmatched = [stem for stem in preds if stem not in gts]  # predictions outside the listed ids are not counted
+    if ids is not None:
+        absent = [name for name in ids if name not in gts]
+        if absent:
+            raise EvaluationError(
+                f"{len(absent)} of the {len(ids)} listed ids have no ground truth in {gt_dir}:\n" + _listing(absent)
+            )
+        gts = {name: gts[name] for name in ids}
     if not gts:
         raise EvaluationError(f"no image files in the ground-truth folder {gt_dir}")
     missing = [stem for stem in gts if stem not in preds]
@@ -74,7 +85,6 @@ def _match(pred_dir: Path, gt_dir: Path) -> tuple[list[tuple[str, Path, Path]], 
             f"{len(missing)} of {len(gts)} ground-truth files have no prediction in {pred_dir} (matched by file "
             f"name without extension):\n" + _listing([str(gts[stem]) for stem in missing])
         )
-    unmatched = [stem for stem in preds if stem not in gts]
     return [(stem, preds[stem], gts[stem]) for stem in gts], unmatched
 
 
@@ -92,10 +102,11 @@ def _score_folders(
     resize: bool,
     desc: str,
     progress: bool,
+    ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Read every pair, check sizes (or resize), feed ``update(pred, gt)``; return the bookkeeping fields."""
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
-    pairs, unmatched = _match(pred_dir, gt_dir)
+    pairs, unmatched = _match(pred_dir, gt_dir, ids)
     mismatched: list[str] = []
     for _, pred_path, gt_path in tqdm(pairs, desc=desc, unit="img", disable=not progress, dynamic_ncols=True):
         pred, gt = reader(pred_path), reader(gt_path)
@@ -134,8 +145,10 @@ def evaluate_segmentation(
     resize: bool = False,
     *,
     progress: bool = True,
+    ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Per-class IoU and mIoU of the label maps in ``pred_dir`` against ``gt_dir`` (fractions in [0, 1]).
+    """Per-class IoU and mIoU of the label maps in ``pred_dir`` against ``gt_dir`` (fractions in [0, 1]); only the
+    ``ids`` when given (e.g. a split's list), else every GT file.
 
     Returns a JSON-ready dict: ``task``, ``protocol``, ``num_images``, ``num_classes``, ``pred_dir``, ``gt_dir``,
     ``resize``, ``skipped_predictions`` (``count`` and a few ``examples``), ``mIoU``, ``pixel_accuracy``,
@@ -151,7 +164,7 @@ def evaluate_segmentation(
         metric.update(torch.from_numpy(pred)[None], torch.from_numpy(gt)[None])
 
     info = _score_folders(
-        pred_dir, gt_dir, read_label, Image.Resampling.NEAREST, update, resize, "evaluate seg", progress
+        pred_dir, gt_dir, read_label, Image.Resampling.NEAREST, update, resize, "evaluate seg", progress, ids
     )
     scores = metric.compute()
     return {
@@ -173,8 +186,10 @@ def evaluate_saliency(
     resize: bool = False,
     *,
     progress: bool = True,
+    ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Saliency scores of the grey maps in ``pred_dir`` against the masks in ``gt_dir`` (fractions in [0, 1]).
+    """Saliency scores of the grey maps in ``pred_dir`` against the masks in ``gt_dir`` (fractions in [0, 1]); only
+    the ``ids`` when given.
 
     Returns a JSON-ready dict: ``task``, ``protocol``, ``protocol_description``, ``num_images``, ``pred_dir``,
     ``gt_dir``, ``resize``, ``skipped_predictions`` and the scores of :class:`SaliencyMetrics` for the protocol
@@ -186,7 +201,7 @@ def evaluate_saliency(
         metric.update(torch.from_numpy(pred), torch.from_numpy(gt))
 
     info = _score_folders(
-        pred_dir, gt_dir, read_saliency, Image.Resampling.BILINEAR, update, resize, "evaluate sal", progress
+        pred_dir, gt_dir, read_saliency, Image.Resampling.BILINEAR, update, resize, "evaluate sal", progress, ids
     )
     scores = {key: _number(value) for key, value in metric.compute().items()}
     return {"task": "sal", "protocol": protocol, "protocol_description": SAL_PROTOCOLS[protocol], **info, **scores}
@@ -242,7 +257,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", choices=("seg", "sal"), required=True, help="segmentation or saliency")
     parser.add_argument("--pred", type=Path, required=True, help="folder of predictions")
     parser.add_argument("--gt", type=Path, required=True, help="folder of ground truth")
-    parser.add_argument("--num_classes", type=int, default=21, help="seg: classes incl. background (21 VOC, 81 COCO)")
+    parser.add_argument("--num_classes", type=int, default=None, help="seg: classes incl. background (default 21 VOC)")
+    parser.add_argument(
+        "--class_names", default=None, help="seg: class names, background first: comma-separated or a file, one a line"
+    )
+    parser.add_argument(
+        "--ids", type=Path, default=None,
+        help="score only these ids: a split's list file (plain ids or DeepLab path pairs), e.g. "
+        "ImageSets/Segmentation/val.txt",
+    )  # fmt: skip
+    parser.add_argument(
+        "--config", default=None,
+        help="take the class names (and, with --split, the ids) from a wsss config's data section",
+    )  # fmt: skip
+    parser.add_argument("--split", default=None, help="with --config: the split whose ids are scored (e.g. val)")
+    parser.add_argument("--data_root", default=None, help="with --config: the dataset root (the config's data.root)")
     parser.add_argument(
         "--protocol", choices=("sod", "ssnet"), default="sod", help="sal: pysodmetrics (sod) or SSNet's jsws (ssnet)"
     )
@@ -253,15 +282,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _names_and_ids(args: argparse.Namespace) -> tuple[list[str] | None, list[str] | None]:
+    """Class names and ids from ``--class_names`` / ``--ids``, or from a config's data section (``--config``)."""
+    names: list[str] | None = None
+    ids = [entry.id for entry in read_id_list(args.ids)] if args.ids is not None else None
+    if args.class_names is not None:
+        source = Path(args.class_names)
+        text = source.read_text(encoding="utf-8") if source.is_file() else args.class_names.replace(",", "\n")
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if args.config is not None:
+        from wsss_lightning.cli import data_parser
+        from wsss_lightning.config_files import expand_config_args
+
+        parser = data_parser([])
+        config_args = expand_config_args(["--config", args.config, "--data.init_args.check", "off"])
+        if args.data_root is not None:
+            config_args += ["--data.init_args.root", args.data_root]
+        datamodule = parser.instantiate(parser.parse_args(config_args))
+        names = names or list(datamodule.data.class_names)
+        if args.split is not None and ids is None:
+            ids = [entry.id for entry in datamodule.data.entries(args.split)]
+    if names is not None and args.num_classes is not None and len(names) != args.num_classes:
+        raise ValueError(f"{len(names)} class names but --num_classes {args.num_classes}")
+    return names, ids
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``wsss evaluate``; returns the exit code (0 success, 2 data error)."""
     args = build_parser().parse_args(argv)
     try:
+        names, ids = _names_and_ids(args)
         if args.task == "seg":
-            results = evaluate_segmentation(args.pred, args.gt, args.num_classes, resize=args.resize)
+            num_classes = len(names) if names is not None else (args.num_classes or 21)
+            results = evaluate_segmentation(
+                args.pred, args.gt, num_classes, class_names=names, resize=args.resize, ids=ids
+            )
         else:
-            results = evaluate_saliency(args.pred, args.gt, protocol=args.protocol, resize=args.resize)
-    except DatasetError as error:
+            results = evaluate_saliency(args.pred, args.gt, protocol=args.protocol, resize=args.resize, ids=ids)
+    except (DatasetError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_DATA_ERROR
     skipped = results["skipped_predictions"]

@@ -23,6 +23,7 @@ from wsss_lightning.label_runner import LabelRunOptions, label_config, run_label
 from wsss_lightning.modules.base import WSSSModule
 from wsss_lightning.pseudo.health import HealthPolicy
 from wsss_lightning.pseudo.label_set import LabelSet
+from wsss_lightning.run_checkpoints import resolve
 
 OUTPUT_MARKER = ".wsss_output.json"
 
@@ -63,6 +64,35 @@ class WSSSTrainer(L.Trainer):
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
                 callback.dirpath = os.path.realpath(os.path.join(self.default_root_dir, "checkpoints"))
 
+    @property
+    def checkpoint_folder(self) -> Path:
+        """Where this run's checkpoints are (the first ``ModelCheckpoint``'s folder)."""
+        for callback in self.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
+                return Path(callback.dirpath)
+        return Path(self.default_root_dir) / "checkpoints"
+
+    def resolve_ckpt_path(self, ckpt_path, model, for_fit: bool = False):
+        """``--ckpt_path`` as a file (``run_checkpoints.resolve``): printed, checked against ``model``."""
+        return resolve(
+            ckpt_path, self.checkpoint_folder, Path(self.default_root_dir), model, allow_missing_last=for_fit,
+            echo=lambda line: print(line) if self.is_global_zero else None,
+        )  # fmt: skip
+
+    def fit(self, model, train_dataloaders=None, val_dataloaders=None, datamodule=None, ckpt_path=None,
+            weights_only: bool | None = None):  # fmt: skip
+        ckpt_path = self.resolve_ckpt_path(ckpt_path, model, for_fit=True)
+        output = super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+        log_dir = self.log_dir  # a collective under DDP: every rank asks
+        if self.is_global_zero and self.state.finished:
+            print(f"wsss: checkpoints in {self.checkpoint_folder}" + (f", logs in {log_dir}" if log_dir else ""))
+        return output
+
+    def validate(self, model=None, dataloaders=None, ckpt_path=None, verbose: bool = True, datamodule=None,
+                 weights_only: bool | None = None):  # fmt: skip
+        ckpt_path = self.resolve_ckpt_path(ckpt_path, model or self.lightning_module)
+        return super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+
     def test(self, model=None, dataloaders=None, ckpt_path=None, verbose: bool = False, datamodule=None,
              weights_only: bool | None = None, results_json: str | None = None):  # fmt: skip
         """Score the model: mIoU per inference mode on the test split, saliency metrics per saliency set.
@@ -71,14 +101,12 @@ class WSSSTrainer(L.Trainer):
             verbose: also print Lightning's flat metric table (our labelled table is always printed).
             results_json: where to write the results (default ``<log_dir>/test_results.json``).
         """
+        ckpt_path = self.resolve_ckpt_path(ckpt_path, model or self.lightning_module)
         output = super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
         module = self.lightning_module
+        log_dir = self.log_dir  # a collective under DDP: every rank asks
         if self.is_global_zero and isinstance(module, WSSSModule) and module.test_results:
-            path = (
-                Path(results_json)
-                if results_json
-                else Path(self.log_dir or self.default_root_dir) / "test_results.json"
-            )
+            path = Path(results_json) if results_json else Path(log_dir or self.default_root_dir) / "test_results.json"
             atomic_write_text(path, json.dumps(module.test_results, indent=2, allow_nan=False))
             print(f"test results written to {path}")
         return output
@@ -90,12 +118,19 @@ class WSSSTrainer(L.Trainer):
         Args:
             out_dir: write ``masks/<name>.png`` (palette) and ``saliency/<name>.png`` (grey) there.
         """
+        ckpt_path = self.resolve_ckpt_path(ckpt_path, model or self.lightning_module)
+        writer = None
         if out_dir is not None:
             if self.is_global_zero:
                 claim_output_dir(out_dir, "predict")
-            self.callbacks.append(MaskWriter(out_dir))
+            writer = MaskWriter(out_dir)
+            self.callbacks.append(writer)
             return_predictions = False if return_predictions is None else return_predictions
-        return super().predict(model, dataloaders, datamodule, return_predictions, ckpt_path, weights_only)
+        output = super().predict(model, dataloaders, datamodule, return_predictions, ckpt_path, weights_only)
+        if writer is not None and self.is_global_zero:
+            print(f"wsss: wrote {writer.count} masks to {Path(out_dir) / 'masks'} and saliency maps to "
+                  f"{Path(out_dir) / 'saliency'}")  # fmt: skip
+        return output
 
     def pseudolabel(
         self,
@@ -129,7 +164,7 @@ class WSSSTrainer(L.Trainer):
         if self.is_global_zero:  # a label set of ours shows by its manifest (sets written by `wsss fit` too)
             claim_output_dir(label_set.root, "pseudolabel", ours=("manifest.json", "manifest.rank*.jsonl"))
         step = 0
-        resolved = resolve_checkpoint(self, ckpt_path)
+        resolved = self.resolve_ckpt_path(ckpt_path, model)
         if resolved is not None:
             step = load_weights(model, resolved)
         datamodule.setup("fit")
@@ -185,24 +220,3 @@ def load_weights(model: L.LightningModule, path: str | Path) -> int:
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["state_dict"])
     return int(state.get("global_step", 0))
-
-
-def resolve_checkpoint(trainer: L.Trainer, ckpt_path: str | None) -> Path | None:
-    """``None`` (the model as configured), ``last`` / ``best`` of the run's checkpoint folder, or a file."""
-    if ckpt_path is None:
-        return None
-    if ckpt_path in ("last", "best"):
-        callback = trainer.checkpoint_callback
-        if not isinstance(callback, ModelCheckpoint):
-            raise FileNotFoundError(f"--ckpt_path {ckpt_path} needs a ModelCheckpoint callback in the config")
-        path = callback.best_model_path if ckpt_path == "best" else ""
-        folder = Path(callback.dirpath or Path(trainer.default_root_dir) / "checkpoints")
-        candidates = sorted(folder.glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
-        path = path or (str(candidates[-1]) if candidates else "")
-        if not path:
-            raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no checkpoint in {folder}")
-        return Path(path)
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such file")
-    return path

@@ -379,6 +379,10 @@ class WSSSDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------------------------------ Lightning hooks
 
     def setup(self, stage: str | None = None) -> None:
+        if not self.root.is_dir():  # one line before anything else looks inside it
+            raise DatasetError(
+                f"--data.root {self.root} is not a folder; point it at the dataset folder (e.g. VOCdevkit/VOC2012)"
+            )
         if self.label_set is None:  # a configured label set (e.g. SSNet stage 2 on copies written earlier)
             self.label_set = self.given_label_set()
         if self.hparams.check == "off":
