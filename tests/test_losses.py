@@ -198,3 +198,29 @@ def test_segmentation_ce_loss_all_ignored_is_zero_not_nan() -> None:
     assert loss.item() == 0.0
     loss.backward()
     assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_ssnet_saliency_log_loss_in_log_space_equals_the_clamped_form_and_survives_saturation() -> None:
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 4, 5, 6, generator=gen)
+    v = torch.rand(2, 4, generator=gen)
+    prob = logits.softmax(1)
+    sal = (prob[:, 1:] * v[:, 1:, None, None]).sum(1)
+    target = (torch.rand(2, 5, 6, generator=gen) > 0.5).float()
+    target[0, 0] = 255
+    clamped = ssnet_saliency_loss(sal, prob[:, 0], target, form="log")
+    exact = ssnet_saliency_loss(sal, prob[:, 0], target, form="log", seg_logits=logits, sal_scores=v)
+    torch.testing.assert_close(exact, clamped)
+    # background logit +40: S ~ 1e-17 lies below the clamp, which stops the gradient; log space does not
+    saturated = logits.clone()
+    saturated[:, 0] += 40.0
+    saturated.requires_grad_(True)
+    p = saturated.softmax(1)
+    s = (p[:, 1:] * v[:, 1:, None, None]).sum(1)
+    ssnet_saliency_loss(s, p[:, 0], target, form="log").backward(retain_graph=True)
+    assert float(saturated.grad.abs().sum()) == 0.0
+    saturated.grad = None
+    loss = ssnet_saliency_loss(s, p[:, 0], target, form="log", seg_logits=saturated, sal_scores=v)
+    assert loss.item() > 10.0  # -log S of about 40 on the salient pixels (about half of them), 0 on the rest
+    loss.backward()
+    assert float(saturated.grad.abs().sum()) > 0.3  # about 2 x the salient share of the valid pixels

@@ -251,10 +251,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from wsss_lightning.data.io import DatasetError
     from wsss_lightning.models.checkpoint import CheckpointError
+    from wsss_lightning.modules.collapse import SaliencyCollapseError
+    from wsss_lightning.pseudo.health import DegenerateLabelsError
 
     boundary = (CommandLineError, DatasetError, CheckpointError, ConfigError, FileNotFoundError, FileExistsError)
+    not_learning = (DegenerateLabelsError, SaliencyCollapseError)
     try:
         _cli_class()(None if from_shell else argv)
+    except not_learning as error:
+        # the run went through but stopped learning: the cause and the fix, loudly, not buried in a traceback
+        _finish_wandb()
+        print(f"error: the run stopped because it is not learning.\n{error}", file=sys.stderr)
+        return 3
     except (*boundary, ValueError) as error:
         # bad input at the boundary: one line with the file and the fix, no traceback (jsonargparse wraps what the
         # constructors raise, e.g. a missing weight file, in ValueErrors: the cause names the file)

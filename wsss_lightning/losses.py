@@ -76,6 +76,8 @@ def ssnet_saliency_loss(
     background: Tensor,
     target: Tensor,
     form: SaliencyLossForm = "linear",
+    seg_logits: Tensor | None = None,
+    sal_scores: Tensor | None = None,
 ) -> Tensor:
     """SSNet saliency loss ``L_s1`` on the SAM output (docs/method_notes.md §1.3–1.4).
 
@@ -90,6 +92,9 @@ def ssnet_saliency_loss(
         target: ``(B, H, W)`` saliency mask ``g`` in {0, 1} (any dtype), ``255`` = ignore. Values in between are
             used as soft weights (binary masks reproduce the official loss exactly).
         form: ``"linear"`` or ``"log"``.
+        seg_logits, sal_scores: the ``(B, C, H, W)`` logits and ``(B, C)`` class saliency weights ``v`` that made
+            ``saliency``. With them the log form is computed in log space, ``log S = LSE_c(log v_c + log P_c)``, and
+            keeps its gradient where ``S`` underflows the clamp (a saturated softmax: ``modules/collapse.py``).
 
     Returns:
         scalar loss, mean over valid pixels (linear form lies in [-1, 0]).
@@ -103,12 +108,30 @@ def ssnet_saliency_loss(
     g = torch.where(valid, target, torch.zeros_like(target)).to(saliency.dtype)
     if form == "linear":
         per_pixel = -(g * saliency + (1 - g) * background)
+    elif form == "log" and seg_logits is not None and sal_scores is not None:
+        log_s, log_not_s = _log_saliency(seg_logits, sal_scores)
+        per_pixel = -(g * log_s + (1 - g) * log_not_s)
     elif form == "log":
         s = saliency.clamp(LOG_FORM_EPS, 1 - LOG_FORM_EPS)
         per_pixel = -(g * torch.log(s) + (1 - g) * torch.log1p(-s))
     else:
         raise ValueError(f"form must be 'linear' or 'log', got {form!r}")
     return _masked_mean(per_pixel, valid)
+
+
+def _log_saliency(seg_logits: Tensor, sal_scores: Tensor) -> tuple[Tensor, Tensor]:
+    """``log S`` and ``log(1 - S)`` of ``S = Σ_{c≥1} v_c P_c``, ``P = softmax(seg_logits)``, in log space.
+
+    ``1 - S = P_0 + Σ_{c≥1} (1 - v_c) P_c``. Both are log-sum-exps of ``log P`` plus a log weight, so neither
+    underflows when the softmax saturates. Returns two ``(B, H, W)`` float32 tensors.
+    """
+    log_p = torch.log_softmax(seg_logits.float(), dim=1)
+    v = sal_scores.float()[:, 1:, None, None]
+    tiny = torch.finfo(torch.float32).tiny
+    log_s = torch.logsumexp(log_p[:, 1:] + torch.log(v.clamp_min(tiny)), dim=1)
+    log_rest = torch.logsumexp(log_p[:, 1:] + torch.log((1 - v).clamp_min(tiny)), dim=1)
+    log_not_s = torch.logaddexp(log_p[:, 0], log_rest)
+    return log_s, log_not_s
 
 
 def saliency_bce_loss(logits: Tensor, target: Tensor, threshold: float = 0.5) -> Tensor:

@@ -51,6 +51,7 @@ from wsss_lightning.losses import (
 from wsss_lightning.models.ssnet import SSNetOutput
 from wsss_lightning.modules.auxsegnet import build_network
 from wsss_lightning.modules.base import WSSSModule
+from wsss_lightning.modules.collapse import SaliencyCollapseGuard, reduce_mean
 from wsss_lightning.modules.protocol import LabelBatch, MethodParts
 from wsss_lightning.pseudo.dense_crf import DenseCRF, PydenseCRF
 from wsss_lightning.pseudo.fusion import mask_absent_class_logits
@@ -99,6 +100,9 @@ class SSNetModule(WSSSModule):
             label set already on disk: ``initial_labels: given``, see ``configs/voc_ssnet_stage2_from_labels.yaml``).
         crf: the run's dense CRF; its ``labels`` preset refines the label synthesis (``ssnet``: 3/3, 80/13/10,
             5 iterations; None: plain argmax) and its ``inference`` preset the ``ss_crf`` test mode (``ssnet``).
+        collapse_check, collapse_min_std: the saliency-collapse guard (``modules/collapse.py``): at every training
+            epoch end, a mean pixel standard deviation of the saliency map below ``collapse_min_std`` (0.01) stops
+            the run (``error``, default), warns (``warn``) or is only logged (``off``).
         **kwargs: evaluation arguments and speed switches of :class:`WSSSModule` (SSNet code: single scale at
             256, no CRF: ``val_modes [ss]``, ``test_modes [ss, ss_crf]`` by default).
     """
@@ -133,6 +137,8 @@ class SSNetModule(WSSSModule):
         label_seed: int = 0,
         first_network: Literal[1, 2] = 1,
         crf: DenseCRF | None = None,
+        collapse_check: Literal["error", "warn", "off"] = "error",
+        collapse_min_std: float = 0.01,
         **kwargs: Any,
     ) -> None:
         crf = crf if crf is not None else PydenseCRF(inference="ssnet", saliency=None, labels="ssnet")
@@ -152,6 +158,7 @@ class SSNetModule(WSSSModule):
         # checkpoint was training, without the stage callback.
         self.register_buffer("active_network", torch.tensor(first_network, dtype=torch.int64))
         self._last_reset_step = -1
+        self.collapse_guard = SaliencyCollapseGuard(collapse_check, collapse_min_std)
 
     # ------------------------------------------------------------------------------------------ stages
 
@@ -224,9 +231,21 @@ class SSNetModule(WSSSModule):
             }
         sal_out: SSNetOutput = network(sal_batch["image"])
         losses["loss_sal"] = ssnet_saliency_loss(
-            sal_out.saliency, sal_out.background, sal_batch["sal"], self.hparams.saliency_loss
-        )
+            sal_out.saliency, sal_out.background, sal_batch["sal"], self.hparams.saliency_loss,
+            seg_logits=sal_out.seg_logits, sal_scores=sal_out.sal_scores,
+        )  # fmt: skip
+        if self.training:
+            self.collapse_guard.update(sal_out.saliency)
         return losses
+
+    def on_train_epoch_end(self) -> None:
+        """Stop (or warn) when the saliency map has collapsed to a constant over the epoch (see ``collapse.py``)."""
+        mean_std = self.collapse_guard.epoch_mean()
+        if mean_std is None:
+            return
+        mean_std = reduce_mean(mean_std, self.trainer.strategy)  # every rank decides on the same value
+        self.log("train/saliency_std", mean_std, rank_zero_only=True)
+        self.collapse_guard.check(mean_std, self.current_epoch, self.hparams.saliency_loss)
 
     def configure_optimizers(self):
         hp = self.hparams
