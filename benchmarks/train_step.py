@@ -78,12 +78,18 @@ def child_plain(args) -> dict:
     device = torch.device(args.device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     net = net.to(device, memory_format=memory_format).train()
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     # The module only supplies the optimiser recipe (same groups, lr, poly schedule); the loop is plain PyTorch.
     module = AuxSegNetModule(net, lr=7e-4)
     steps = args.warmup + args.steps
     module.lr_segment_steps = lambda: steps  # type: ignore[method-assign]
     optim = module.configure_optimizers()
     optimizer, scheduler = optim["optimizer"], optim["lr_scheduler"]["scheduler"]
+    if args.sgd != "default":  # the same groups and schedule, another SGD kernel
+        optimizer = torch.optim.SGD(optimizer.param_groups, **{args.sgd: True})
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, scheduler.lr_lambdas)
+    if args.compile:
+        net.compile()
     ends = [time.perf_counter()]
     for batch in loader:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -122,7 +128,7 @@ def child_lightning(args) -> dict:
     # Variants: "lightning", "lightning-cl" (channels-last switch), "lightning-bf16-cl" (+ bf16-mixed precision).
     channels_last = args.channels_last or args.child.endswith("-cl")
     precision = "bf16-mixed" if "bf16" in args.child else args.precision
-    module = AuxSegNetModule(net, lr=7e-4, channels_last=channels_last)
+    module = AuxSegNetModule(net, lr=7e-4, channels_last=channels_last, compile=args.compile)
     ends: list[float] = []
 
     class StepClock(L.Callback):
@@ -145,6 +151,7 @@ def child_lightning(args) -> dict:
         num_sanity_val_steps=0,
         limit_val_batches=0,
         callbacks=[StepClock()],
+        benchmark=args.cudnn_benchmark,
     )
     trainer.fit(module, train_dataloaders=loader)
     result = {"step_s": [b - a for a, b in zip(ends, ends[1:])], "peak_rss": peak_rss_bytes()}
@@ -167,6 +174,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--flops", action="store_true", help="count the FLOPs of one step (plain process)")
     parser.add_argument(
+        "--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark (Lightning: benchmark)"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the network (the module's compile switch)"
+    )
+    parser.add_argument(
+        "--sgd", default="default", choices=["default", "foreach", "fused"], help="SGD kernel (plain loop)"
+    )
+    parser.add_argument(
         "--variants",
         default="plain,lightning",
         help="comma list of plain, lightning, lightning-cl (channels-last), lightning-bf16-cl (+ bf16-mixed)",
@@ -186,6 +202,9 @@ def child_args(args: argparse.Namespace) -> list[str]:
     out += ["--device", args.device, "--precision", args.precision]
     out += ["--channels-last"] if args.channels_last else []
     out += ["--flops"] if args.flops else []
+    out += ["--cudnn-benchmark"] if args.cudnn_benchmark else []
+    out += ["--compile"] if args.compile else []
+    out += ["--sgd", args.sgd]
     return out
 
 
