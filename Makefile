@@ -66,5 +66,12 @@ bench: install
 	$(PY) benchmarks/affinity_memory.py $(BENCH_ARGS) --json $(BENCH_OUT)/affinity_memory.json
 	$(PY) benchmarks/inference_modes.py $(BENCH_ARGS) --json $(BENCH_OUT)/inference_modes.json
 
+# Issue 13's GPU measurements in one run (benchmarks/gpu_session.sh, about 9 minutes; needs CUDA and the wheel folder
+# that ../shared/gpu/fetch_wheels.sh writes, WHEELS). Results in $$OUT, else runs/gpu_session (docs/benchmarks.md).
+WHEELS ?= .offline
+.PHONY: gpu-session
+gpu-session:
+	bash benchmarks/gpu_session.sh $(WHEELS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

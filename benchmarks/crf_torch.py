@@ -31,7 +31,7 @@ from benchmarks.common import markdown_table, write_json  # noqa: E402
 from wsss_lightning.pseudo.crf import dense_crf, saliency_crf  # noqa: E402
 from wsss_lightning.pseudo.crf_torch import dense_crf_torch, dense_crf_torch_batch, saliency_crf_torch  # noqa: E402
 
-PHOTOS = ("coffee", "astronaut", "chelsea", "rocket", "motorcycle_left")
+PHOTOS = ("coffee", "astronaut", "chelsea", "rocket", "stereo_motorcycle")  # bundled with scikit-image
 PRESETS = ("auxseg_saliency", "auxseg_inference")
 Case = tuple[np.ndarray, np.ndarray, np.ndarray]  # image uint8 (H, W, 3), probs (C, H, W), saliency (H, W)
 
@@ -57,7 +57,10 @@ def _photo(index: int, width: int, height: int, rng: np.random.Generator) -> np.
         blocks = rng.integers(0, 256, (height // 25 + 1, width // 25 + 1, 3))
         image = np.kron(blocks, np.ones((25, 25, 1)))[:height, :width]
         return np.clip(image + rng.normal(0, 10, image.shape), 0, 255).astype(np.uint8)
-    photo = getattr(data, PHOTOS[index % len(PHOTOS)])()[..., :3]
+    photo = getattr(data, PHOTOS[index % len(PHOTOS)])()
+    if isinstance(photo, tuple):  # stereo_motorcycle: (left, right, disparity)
+        photo = photo[0]
+    photo = photo[..., :3]
     if index // len(PHOTOS) % 2:  # more images than photos: mirror
         photo = photo[:, ::-1]
     # np.array (a writable copy): pydensecrf refuses read-only buffers

@@ -6,7 +6,8 @@
 ``ms`` (scales 0.5–1.5, fused by max), ``ms_flip`` (+ horizontal flips), and the ``_crf`` modes (the
 ``auxseg_inference`` CRF, 10 iterations, on the mode's probabilities). A ``_crf`` mode's time is its base mode's
 time plus the CRF measured on the cached probabilities — exactly the work ``predict_labels`` does — so the
-expensive multi-scale forward is not run twice. One warm-up image at ``ss`` first.
+expensive multi-scale forward is not run twice. One warm-up image at ``ss`` first. ``--crf`` picks the CRF backend
+(``pseudo/dense_crf.py``): ``pydensecrf`` (default, CPU) or ``torch`` (on ``--device``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=500)
     parser.add_argument("--modes", default="ss,ss_crf,ms,ms_flip,ms_flip_crf")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--crf", default="pydensecrf", choices=["pydensecrf", "torch"], help="dense CRF backend (PydenseCRF / TorchCRF)"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.quick:
@@ -42,33 +46,46 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _sync(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so the clock reads finished work (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     from wsss_lightning.modules import AuxSegNetModule
     from wsss_lightning.modules.inference import InferenceMode, crf_refine
+    from wsss_lightning.pseudo.dense_crf import PydenseCRF, TorchCRF
 
     torch.manual_seed(0)
     device = torch.device(args.device)
-    module = AuxSegNetModule(build_network(args.backbone, affinity=args.affinity)).eval().to(device)
+    crf = TorchCRF() if args.crf == "torch" else PydenseCRF()
+    module = AuxSegNetModule(build_network(args.backbone, affinity=args.affinity), crf=crf).eval().to(device)
     gen = torch.Generator().manual_seed(0)
     images = [torch.randn(1, 3, args.height, args.width, generator=gen).to(device) for _ in range(args.images)]
     sizes = torch.tensor([[args.height, args.width]])
     modes = [InferenceMode.parse(m) for m in args.modes.split(",")]
     with torch.no_grad():
         module.predict_labels(images[0], sizes, InferenceMode.parse("ss"))  # warm-up
+        _sync(device)
         base_seconds: dict[str, float] = {}
         caches: dict[str, list[dict]] = {}
         for base in dict.fromkeys(m.base for m in modes):
+            _sync(device)
             caches[base] = [{} for _ in images]
             start = time.perf_counter()
             for image, cache in zip(images, caches[base]):
                 module.predict_labels(image, sizes, InferenceMode.parse(base), cache)
+            _sync(device)
             base_seconds[base] = (time.perf_counter() - start) / len(images)
         crf_seconds: dict[str, float] = {}
         for base in dict.fromkeys(m.base for m in modes if m.crf):
+            _sync(device)
             start = time.perf_counter()
             for image, cache in zip(images, caches[base]):
                 crf_refine(image, cache[base], sizes, module.crf)
+            _sync(device)
             crf_seconds[base] = (time.perf_counter() - start) / len(images)
     rows, results = [], {}
     for mode in modes:

@@ -216,23 +216,38 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results = {}
     for variant in args.variants.split(","):
-        results[variant] = run_child("benchmarks.train_step", [*child_args(args), "--child", variant])
-        measured = results[variant]["step_s"][args.warmup :]
-        results[variant]["mean_step_s"] = mean(measured)
-        results[variant]["images_per_s"] = args.batch_size / mean(measured)
+        # A variant named twice (both run orders in one invocation) is kept as "<variant>#2", "#3", ...
+        key = variant if variant not in results else f"{variant}#{sum(k.split('#')[0] == variant for k in results) + 1}"
+        results[key] = run_child("benchmarks.train_step", [*child_args(args), "--child", variant])
+        measured = results[key]["step_s"][args.warmup :]
+        results[key]["mean_step_s"] = mean(measured)
+        results[key]["images_per_s"] = args.batch_size / mean(measured)
+        # The periodic slow step: the median, the slowest step and how many took over 1.5x the median.
+        median = sorted(measured)[len(measured) // 2]
+        results[key]["median_step_s"] = median
+        results[key]["max_step_s"] = max(measured)
+        results[key]["slow_steps"] = sum(step > 1.5 * median for step in measured)
     rows = []
+    cuda = args.device.startswith("cuda")
     for variant, r in results.items():
         rows.append([variant, r["mean_step_s"], r["images_per_s"], gib(r["peak_rss"])])
+        if cuda:
+            rows[-1] += [gib(r["peak_cuda"]), r["median_step_s"], r["max_step_s"]]
     if args.backbone == "resnet38" and args.crop == 321 and args.batch_size == 4 and args.device == "cpu":
         ref = OFFICIAL
         rows.append(["official AuxSegNet (reference)", ref["step_s"], ref["images_per_s"], ref["peak_rss_gib"]])
     print(f"Training step, {args.backbone} {args.affinity} {args.crop}x{args.crop} batch {args.batch_size}, "
           f"{args.device} {args.precision}, {args.warmup} warm-up + {args.steps} measured steps")  # fmt: skip
-    print(markdown_table(["variant", "s / step", "images / s", "peak RSS (GiB)"], rows))
+    header = ["variant", "s / step", "images / s", "peak RSS (GiB)"]
+    header += ["peak GPU memory (GiB)", "median s / step", "slowest s / step"] if cuda else []
+    print(markdown_table(header, rows))
     summary = {}
     if "plain" in results and "lightning" in results:
-        summary["lightning_overhead"] = results["lightning"]["mean_step_s"] / results["plain"]["mean_step_s"] - 1
-        delta_ms = 1000 * (results["lightning"]["mean_step_s"] - results["plain"]["mean_step_s"])
+        # Repeated variants (both orders): the mean over their runs.
+        plain_s = mean([r["mean_step_s"] for k, r in results.items() if k.split("#")[0] == "plain"])
+        lightning_s = mean([r["mean_step_s"] for k, r in results.items() if k.split("#")[0] == "lightning"])
+        summary["lightning_overhead"] = lightning_s / plain_s - 1
+        delta_ms = 1000 * (lightning_s - plain_s)
         summary["lightning_minus_plain_ms"] = delta_ms
         print(f"\nLightning overhead: {delta_ms:+.1f} ms per step, {100 * summary['lightning_overhead']:+.1f}% "
               "(target <= 5%). The variant run first is slower on a shared machine: compare both orders "
