@@ -139,3 +139,45 @@ def test_refined_label_jobs_propagate_the_cam_with_the_cross_task_affinity(tmp_p
     result = run_fusion_job(jobs[0])
     assert set(result["files"]) == {"seg/img0.png", "sal/img0.png"}
     assert (tmp_path / "seg" / "img0.png").is_file() and (tmp_path / "sal" / "img0.png").is_file()
+
+
+@pytest.mark.parametrize("mode", ["mean", "given"])
+def test_refresh_saliency_switch_chooses_the_update_and_skips_the_crf(tmp_path, mode):
+    module = _module(refresh_saliency=mode).eval()
+    batch = _batch(size=40, batch=1)
+    given = torch.rand(1, 40, 40, generator=torch.Generator().manual_seed(4))
+    given[0, :5] = 255.0  # no off-the-shelf value there: the prediction stands in
+    batch["sal"] = given
+    batch["raw"] = torch.randint(0, 255, (1, 40, 40, 3), dtype=torch.uint8)
+    job = module.label_batch(batch, "refined", LabelSet(tmp_path)).jobs[0]
+    with torch.no_grad():
+        out = module.network(batch["image"])
+        predicted = torch.sigmoid(F.interpolate(out.sal_refined, (40, 40), mode="bilinear"))[0, 0]
+    expected = given[0] if mode == "given" else (predicted + given[0]) / 2
+    expected = torch.where(given[0] == 255, predicted, expected)
+    np.testing.assert_allclose(job.saliency, expected.numpy(), atol=1e-5)
+    assert job.crf is None and job.write_saliency  # no CRF; the set still holds the saliency targets
+    assert module.label_config("refined")["refresh_saliency"] == mode
+    assert "refresh_saliency" not in module.label_config("initial")
+
+
+def test_refresh_saliency_rejects_an_unknown_mode():
+    with pytest.raises(ValueError, match="refresh_saliency"):
+        _module(refresh_saliency="crf")
+
+
+def test_refresh_cam_norm_after_max_normalises_the_propagated_cam(tmp_path):
+    batch = _batch(size=40, batch=1)
+    batch["sal"] = torch.rand(1, 40, 40, generator=torch.Generator().manual_seed(4))
+    batch["raw"] = torch.randint(0, 255, (1, 40, 40, 3), dtype=torch.uint8)
+    before = _module(refresh_cam_norm="before").eval().label_batch(batch, "refined", LabelSet(tmp_path)).jobs[0]
+    after = _module(refresh_cam_norm="after").eval().label_batch(batch, "refined", LabelSet(tmp_path)).jobs[0]
+    with torch.no_grad():
+        module = _module().eval()
+        out = module.network(batch["image"])
+        cam = normalize_cam(out.cam.float()) * (batch["cls_label"][0] > 0)[None, :, None, None]
+        propagated = normalize_cam(upsample_cam(out.affinity.propagate(cam), (40, 40)))[0]
+        present = batch["cls_label"][0] > 0
+        peak = torch.where(present[:, None, None], propagated, torch.zeros(())).amax(0)
+    np.testing.assert_allclose(after.peak, peak.numpy(), atol=1e-5)
+    assert after.peak.max() > 0.99 and before.peak.max() < after.peak.max()

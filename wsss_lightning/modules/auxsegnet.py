@@ -68,6 +68,14 @@ class AuxSegNetModule(WSSSModule):
         refresh_cam_scales, refresh_cam_flip: CAM protocol of the label updates (the code: one view, scale 1, no
             flip). Set them to ``cam_scales`` / ``cam_flip`` to compare initial and refreshed labels under the same
             protocol: every view is propagated by its own affinity and the views are averaged.
+        refresh_cam_norm: ``before`` (the code): the CAM is max-normalised before the propagation only, so the
+            propagated map's peaks fall below 1 and fewer pixels pass ``cam_threshold``; ``after``: the propagated
+            (upsampled) CAM is max-normalised again per class, so the threshold means what it means for the raw CAM
+            (a measured deviation: docs/results.md).
+        refresh_saliency: the saliency that a label update fuses with the CAM and writes as the next saliency
+            target. ``update`` (the code, §2.8): the mean of the predicted saliency and the off-the-shelf map,
+            refined by the CRF's ``saliency`` preset; ``mean``: that mean without the CRF; ``given``: the
+            off-the-shelf map, as in the initial labels (a measured deviation: docs/results.md).
         cam_threshold, fusion_saliency_threshold: fusion thresholds (0.2, 0.06).
         crf: the run's dense CRF; its ``saliency`` preset refines the saliency update (``auxseg_saliency``, τ 1.05;
             None: no CRF) and its ``inference`` preset the ``*_crf`` test modes (``auxseg_inference``).
@@ -98,12 +106,18 @@ class AuxSegNetModule(WSSSModule):
         cam_flip: bool = True,
         refresh_cam_scales: Sequence[float] = (1.0,),
         refresh_cam_flip: bool = False,
+        refresh_cam_norm: Literal["before", "after"] = "before",
+        refresh_saliency: Literal["update", "mean", "given"] = "update",
         cam_threshold: float = CAM_THRESHOLD,
         fusion_saliency_threshold: float = SALIENCY_THRESHOLD,
         crf: DenseCRF | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(num_classes, class_names, crf=crf, **kwargs)
+        if refresh_cam_norm not in ("before", "after"):
+            raise ValueError(f"refresh_cam_norm must be 'before' or 'after', got {refresh_cam_norm!r}")
+        if refresh_saliency not in ("update", "mean", "given"):
+            raise ValueError(f"refresh_saliency must be 'update', 'mean' or 'given', got {refresh_saliency!r}")
         self.save_hyperparameters(ignore=["network", "crf"])
         self.network = build_network(network, num_classes)
         self.phase: Phase = "multitask"
@@ -234,14 +248,15 @@ class AuxSegNetModule(WSSSModule):
             saliency = offshelf
         elif kind == "refined":
             cams, raw, cam_peaks, predicted, affinity = self._refined_cams(images, present)
-            saliency = torch.where(offshelf == 255, predicted, (predicted + offshelf) / 2)
+            saliency = self._update_saliency(predicted, offshelf)
         else:
             raise ValueError(f"unknown pseudo-label kind {kind!r}")
         peak, peak_class = self._peak(cams, labels)
         extra_labels = {"cam": self._cam_only_labels(peak, peak_class)}
         if kind == "refined":  # the same CAM without the affinity propagation: the "+ affinity" ablation
             extra_labels["raw_cam"] = self._cam_only_labels(*self._peak(raw, labels))
-        crf = self.crf if kind == "refined" and self.crf.saliency is not None else None
+        refine = kind == "refined" and hp.refresh_saliency == "update" and self.crf.saliency is not None
+        crf = self.crf if refine else None
         if crf is not None and not crf.runs_in_pool:  # a device CRF refines here; the pool jobs only fuse
             saliency = saliency.clone()
             for index, (h, w) in enumerate(sizes):
@@ -312,7 +327,17 @@ class AuxSegNetModule(WSSSModule):
                 affinity = out.affinity.row_statistics(cam.amax(dim=1) > hp.cam_threshold)
         if len(views) > 1:
             propagated, raw = normalize_cam(propagated), normalize_cam(raw)
+        elif hp.refresh_cam_norm == "after":
+            propagated = normalize_cam(propagated)
         return propagated, raw, cam_peaks, predicted, affinity
+
+    def _update_saliency(self, predicted: Tensor, offshelf: Tensor) -> Tensor:
+        """The label update's saliency ``(B, H, W)`` in [0, 1] before any CRF, per ``refresh_saliency``: where an
+        image has no off-shelf map (255 padding or missing) the prediction stands in for it."""
+        missing = offshelf == 255
+        if self.hparams.refresh_saliency == "given":
+            return torch.where(missing, predicted, offshelf)
+        return torch.where(missing, predicted, (predicted + offshelf) / 2)
 
     def _cam_only_labels(self, peak: Tensor, peak_class: Tensor) -> Tensor:
         """CAM-only labels (B, H, W) uint8: the peak class where the CAM exceeds ``cam_threshold``, else background."""
@@ -335,7 +360,12 @@ class AuxSegNetModule(WSSSModule):
         if kind == "initial":
             config.update(cam_scales=list(hp.cam_scales), cam_flip=hp.cam_flip)
         else:
-            config.update(cam_scales=list(hp.refresh_cam_scales), cam_flip=hp.refresh_cam_flip)
+            config.update(
+                cam_scales=list(hp.refresh_cam_scales),
+                cam_flip=hp.refresh_cam_flip,
+                refresh_cam_norm=hp.refresh_cam_norm,
+                refresh_saliency=hp.refresh_saliency,
+            )
         return config
 
     def label_layout(self, kind: str) -> LabelLayout:
