@@ -149,14 +149,22 @@ def test_refresh_saliency_switch_chooses_the_update_and_skips_the_crf(tmp_path, 
     given[0, :5] = 255.0  # no off-the-shelf value there: the prediction stands in
     batch["sal"] = given
     batch["raw"] = torch.randint(0, 255, (1, 40, 40, 3), dtype=torch.uint8)
-    job = module.label_batch(batch, "refined", LabelSet(tmp_path)).jobs[0]
+    result = module.label_batch(batch, "refined", LabelSet(tmp_path))
+    job = result.jobs[0]
     with torch.no_grad():
         out = module.network(batch["image"])
         predicted = torch.sigmoid(F.interpolate(out.sal_refined, (40, 40), mode="bilinear"))[0, 0]
+        raw = upsample_cam(normalize_cam(out.cam.float()) * (batch["cls_label"] > 0)[:, :, None, None], (40, 40))
     expected = given[0] if mode == "given" else (predicted + given[0]) / 2
     expected = torch.where(given[0] == 255, predicted, expected)
     np.testing.assert_allclose(job.saliency, expected.numpy(), atol=1e-5)
     assert job.crf is None and job.write_saliency  # no CRF; the set still holds the saliency targets
+    # the saliency is final here, so the "+ affinity" ablation is scored on the fused label too
+    assert set(result.extra_labels) == set(module.extra_label_kinds("refined")) == {"cam", "raw_cam", "raw_fused"}
+    peak, cls = (raw[0] * (batch["cls_label"][0] > 0)[:, None, None]).max(0)
+    cam_obj, sal_obj = peak > 0.2, torch.from_numpy(job.saliency) > 0.06
+    fused = torch.where(cam_obj & sal_obj, cls + 1, torch.where(cam_obj ^ sal_obj, 255, 0))
+    np.testing.assert_array_equal(result.extra_labels["raw_fused"][0].numpy(), fused.numpy())
     assert module.label_config("refined")["refresh_saliency"] == mode
     assert "refresh_saliency" not in module.label_config("initial")
 

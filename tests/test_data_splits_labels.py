@@ -133,8 +133,10 @@ def test_xml_labels_include_difficult_objects(tmp_path: Path) -> None:
 
 def test_xml_unknown_class_or_broken_file_names_the_file(tmp_path: Path) -> None:
     path = _xml(tmp_path / "2007_000032.xml", [("dog", 0), ("unicorn", 0)])
-    with pytest.raises(DatasetError, match=r"2007_000032\.xml.*'unicorn'"):
+    with pytest.raises(DatasetError, match=r"2007_000032\.xml.*'unicorn'") as error:
         labels_from_xml(path, CLASSES)
+    # the message names the configured classes and the setting that fixes it
+    assert "(cat, dog, potted plant)" in str(error.value) and "--data.class_names" in str(error.value)
     background = _xml(tmp_path / "bg.xml", [("background", 0)])
     with pytest.raises(DatasetError, match=r"bg\.xml"):
         labels_from_xml(background, CLASSES)

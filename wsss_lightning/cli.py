@@ -18,9 +18,14 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# Lightning warnings that are wrong for this package's runs: a frozen backbone keeps its BatchNorm in eval mode on
+# purpose (TimmBackbone.freeze_bn / frozen_levels), and Lightning's own pytree helper trips a torch deprecation.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 DATA_COMMANDS = ("check", "demo", "coco-masks", "baselines")
 

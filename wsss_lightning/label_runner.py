@@ -48,6 +48,7 @@ QUALITY_LOG_KEYS = {
     "pseudo_ignored_fraction": "pseudo/ignored_fraction",
     "cam_mIoU": "pseudo/cam_mIoU",
     "raw_cam_mIoU": "pseudo/raw_cam_mIoU",
+    "raw_fused_mIoU": "pseudo/raw_fused_mIoU",
     **HEALTH_LOG_KEYS,
 }
 

@@ -54,8 +54,11 @@ def labels_from_xml(path: Path, class_names: Sequence[str]) -> np.ndarray:
         name = (node.findtext("name") or "").strip()
         key = name.lower().replace(" ", "")
         if key not in lookup or lookup[key] == 0:
+            shown = ", ".join(class_names[1:6]) + (", ..." if len(class_names) > 6 else "")
             raise DatasetError(
-                f"{path}: object class '{name}' is not one of the dataset's classes; set --data.class_names"
+                f"{path}: object class '{name}' is not one of the {len(class_names) - 1} configured classes "
+                f"({shown}); set --data.class_names to the dataset's names, background first (--data.class_names "
+                "null with --data.dataset voc gives the 20 VOC classes)"
             )
         indices.append(lookup[key])
     return _vector(indices, len(class_names) - 1, str(path))

@@ -27,7 +27,7 @@ from wsss_lightning.modules.base import WSSSModule
 from wsss_lightning.modules.protocol import LabelBatch, MethodParts
 from wsss_lightning.pseudo.cam import multiscale_cam, normalize_cam, upsample_cam
 from wsss_lightning.pseudo.dense_crf import DenseCRF
-from wsss_lightning.pseudo.fusion import CAM_THRESHOLD, SALIENCY_THRESHOLD
+from wsss_lightning.pseudo.fusion import CAM_THRESHOLD, SALIENCY_THRESHOLD, fuse_cam_saliency
 from wsss_lightning.pseudo.jobs import FusionJob
 from wsss_lightning.pseudo.label_set import LabelLayout, LabelSet
 
@@ -263,6 +263,10 @@ class AuxSegNetModule(WSSSModule):
                 refined = crf.refine_saliency(batch["raw"][index, :h, :w], saliency[index, :h, :w].clamp(0, 1))
                 saliency[index, :h, :w] = refined
             crf = None
+        if "raw_fused" in self.extra_label_kinds(kind):  # the label itself without the propagation
+            extra_labels["raw_fused"] = fuse_cam_saliency(
+                raw, saliency.clamp(0, 1), labels, hp.cam_threshold, hp.fusion_saliency_threshold
+            )
         jobs = []
         for index, (h, w) in enumerate(sizes):
             if kind == "initial" and bool((offshelf[index, :h, :w] == 255).all()):
@@ -345,8 +349,14 @@ class AuxSegNetModule(WSSSModule):
 
     def extra_label_kinds(self, kind: str) -> tuple[str, ...]:
         """Extra label maps ``label_jobs`` returns for ablations: CAM-only labels, and for label updates the
-        same single-scale CAM without the affinity propagation (``raw_cam``)."""
-        return ("cam", "raw_cam") if kind == "refined" else ("cam",)
+        same single-scale CAM without the affinity propagation (``raw_cam``), and — when the fused saliency is final
+        before the CRF pool (no pool CRF on it) — the fused label from that raw CAM (``raw_fused``): the label
+        update's "+ affinity" ablation on the label itself."""
+        if kind != "refined":
+            return ("cam",)
+        hp, crf = self.hparams, self.crf
+        pool_crf = hp.refresh_saliency == "update" and crf.saliency is not None and crf.runs_in_pool
+        return ("cam", "raw_cam") if pool_crf else ("cam", "raw_cam", "raw_fused")
 
     def label_config(self, kind: str) -> dict[str, Any]:
         """What determines a label set (for the manifest's config hash)."""
