@@ -1,10 +1,10 @@
 """The AuxSegNet+ demo recipe learns: end to end on the generated demo data (issue 11's claim, the `make demo` fit).
 
 The recipe of ``configs/demo_auxseg.yaml`` as shipped (packaged ImageNet EfficientNet-Lite0, warm-up, 3 stages with
-label refreshes) on the default demo dataset; only validation is switched off to save time. The initial labels must
+label refreshes) on the default demo dataset, exactly as `make demo` fits it (no logger). The initial labels must
 hold foreground for at least 80 % of the images (the classifier fires for the images' own classes), and the label
 set after the last stage must beat the initial one — labels that improve stage by stage, not only a run that ends.
-About 6-8 minutes on 2 CPU cores.
+About 7-8 minutes on 2 CPU cores (docs/results.md: 51.0 -> 53.3 mIoU for seed 0).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ def test_demo_recipe_initial_labels_have_foreground_and_the_last_set_beats_them(
         "--trainer.default_root_dir", str(run),
         "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false",
-        "--trainer.limit_val_batches", "0",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]

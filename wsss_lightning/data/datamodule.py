@@ -248,9 +248,11 @@ class WSSSDataModule(L.LightningDataModule):
         relative paths resolve against root), or None when it is not a set's folder."""
         if self.hparams.pseudo_label_dir is None:
             return None
-        seg = self.path(self.hparams.pseudo_label_dir)
-        root = seg.parent if seg.name == "seg" else seg
-        return LabelSet(root) if (root / "seg").is_dir() else None
+        given = self.path(self.hparams.pseudo_label_dir)
+        for label_set in (LabelSet(given), LabelSet(given.parent)):  # the set folder itself, or <set>/seg
+            if given in (label_set.root, label_set.folder("seg")) and label_set.folder("seg").is_dir():
+                return label_set
+        return None
 
     def pseudo_label_folders(self) -> tuple[Path | None, Path | None]:
         """The folders training reads its segmentation and saliency pseudo-labels from (None: none / the
