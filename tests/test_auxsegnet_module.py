@@ -189,3 +189,30 @@ def test_refresh_cam_norm_after_max_normalises_the_propagated_cam(tmp_path):
         peak = torch.where(present[:, None, None], propagated, torch.zeros(())).amax(0)
     np.testing.assert_allclose(after.peak, peak.numpy(), atol=1e-5)
     assert after.peak.max() > 0.99 and before.peak.max() < after.peak.max()
+
+
+def test_refresh_cam_raw_fuses_the_unpropagated_cam_and_records_the_propagated_label(tmp_path):
+    module = _module(refresh_cam="raw", refresh_saliency="given").eval()
+    batch = _batch(size=40, batch=1)
+    batch["sal"] = torch.rand(1, 40, 40, generator=torch.Generator().manual_seed(4))
+    batch["raw"] = torch.randint(0, 255, (1, 40, 40, 3), dtype=torch.uint8)
+    result = module.label_batch(batch, "refined", LabelSet(tmp_path))
+    present = (batch["cls_label"][0] > 0)[:, None, None]
+    with torch.no_grad():
+        out = module.network(batch["image"])
+        cam = normalize_cam(out.cam.float()) * present[None]
+        raw = upsample_cam(cam, (40, 40))[0]
+        propagated = upsample_cam(out.affinity.propagate(cam), (40, 40))[0]
+    np.testing.assert_allclose(result.jobs[0].peak, (raw * present).amax(0).numpy(), atol=1e-5)
+    assert (
+        set(result.extra_labels) == set(module.extra_label_kinds("refined")) == {"cam", "raw_cam", "propagated_fused"}
+    )
+    peak, cls = (propagated * present).max(0)
+    cam_obj, sal_obj = peak > 0.2, batch["sal"][0] > 0.06
+    fused = torch.where(cam_obj & sal_obj, cls + 1, torch.where(cam_obj ^ sal_obj, 255, 0))
+    np.testing.assert_array_equal(result.extra_labels["propagated_fused"][0].numpy(), fused.numpy())
+    # "cam" stays the propagated CAM-only map whichever CAM the label uses
+    np.testing.assert_array_equal(result.extra_labels["cam"][0].numpy(), torch.where(peak > 0.2, cls + 1, 0).numpy())
+    assert module.label_config("refined")["refresh_cam"] == "raw"
+    with pytest.raises(ValueError, match="refresh_cam"):
+        _module(refresh_cam="both")

@@ -49,6 +49,7 @@ QUALITY_LOG_KEYS = {
     "cam_mIoU": "pseudo/cam_mIoU",
     "raw_cam_mIoU": "pseudo/raw_cam_mIoU",
     "raw_fused_mIoU": "pseudo/raw_fused_mIoU",
+    "propagated_fused_mIoU": "pseudo/propagated_fused_mIoU",
     **HEALTH_LOG_KEYS,
 }
 

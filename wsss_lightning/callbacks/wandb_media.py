@@ -71,8 +71,8 @@ __all__ = [
 
 QUALITY_COLUMNS = (
     "stage", "kind", "pseudo_mIoU", "pseudo_precision", "pseudo_recall", "pseudo_ignored_fraction", "cam_mIoU",
-    "raw_cam_mIoU", "raw_fused_mIoU", "empty_label_fraction", "missing_class_fraction", "cam_empty_fraction",
-    "label_ignored_fraction",
+    "raw_cam_mIoU", "raw_fused_mIoU", "propagated_fused_mIoU", "empty_label_fraction", "missing_class_fraction",
+    "cam_empty_fraction", "label_ignored_fraction",
     "affinity_row_peak", "affinity_background_mass", "affinity_row_spread", "images", "reused", "seconds",
 )  # fmt: skip
 #: health figures drawn in ``pseudo_health/chart`` (fractions in [0, 1], against the stage)

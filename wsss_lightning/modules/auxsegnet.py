@@ -68,6 +68,10 @@ class AuxSegNetModule(WSSSModule):
         refresh_cam_scales, refresh_cam_flip: CAM protocol of the label updates (the code: one view, scale 1, no
             flip). Set them to ``cam_scales`` / ``cam_flip`` to compare initial and refreshed labels under the same
             protocol: every view is propagated by its own affinity and the views are averaged.
+        refresh_cam: the CAM a label update fuses: ``propagated`` (the method, §2.8) by the learned pairwise
+            affinity, or ``raw`` (the network's own CAM; the affinity then shapes the label through training only).
+            Either way the set also records the label the other CAM would give (``raw_fused`` /
+            ``propagated_fused``) and both CAM-only maps, so the affinity's effect stays measured.
         refresh_cam_norm: ``before`` (the code): the CAM is max-normalised before the propagation only, so the
             propagated map's peaks fall below 1 and fewer pixels pass ``cam_threshold``; ``after``: the propagated
             (upsampled) CAM is max-normalised again per class, so the threshold means what it means for the raw CAM
@@ -106,6 +110,7 @@ class AuxSegNetModule(WSSSModule):
         cam_flip: bool = True,
         refresh_cam_scales: Sequence[float] = (1.0,),
         refresh_cam_flip: bool = False,
+        refresh_cam: Literal["propagated", "raw"] = "propagated",
         refresh_cam_norm: Literal["before", "after"] = "before",
         refresh_saliency: Literal["update", "mean", "given"] = "update",
         cam_threshold: float = CAM_THRESHOLD,
@@ -114,6 +119,8 @@ class AuxSegNetModule(WSSSModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(num_classes, class_names, crf=crf, **kwargs)
+        if refresh_cam not in ("propagated", "raw"):
+            raise ValueError(f"refresh_cam must be 'propagated' or 'raw', got {refresh_cam!r}")
         if refresh_cam_norm not in ("before", "after"):
             raise ValueError(f"refresh_cam_norm must be 'before' or 'after', got {refresh_cam_norm!r}")
         if refresh_saliency not in ("update", "mean", "given"):
@@ -251,10 +258,15 @@ class AuxSegNetModule(WSSSModule):
             saliency = self._update_saliency(predicted, offshelf)
         else:
             raise ValueError(f"unknown pseudo-label kind {kind!r}")
-        peak, peak_class = self._peak(cams, labels)
-        extra_labels = {"cam": self._cam_only_labels(peak, peak_class)}
-        if kind == "refined":  # the same CAM without the affinity propagation: the "+ affinity" ablation
+        extra_labels = {"cam": self._cam_only_labels(*self._peak(cams, labels))}
+        other = None  # the CAM of the fused ablation: the one the label does not use
+        if kind == "refined":  # CAM-only labels with and without the affinity propagation: the "+ affinity" ablation
             extra_labels["raw_cam"] = self._cam_only_labels(*self._peak(raw, labels))
+            if hp.refresh_cam == "raw":
+                cams, other = raw, cams
+            else:
+                other = raw
+        peak, peak_class = self._peak(cams, labels)
         refine = kind == "refined" and hp.refresh_saliency == "update" and self.crf.saliency is not None
         crf = self.crf if refine else None
         if crf is not None and not crf.runs_in_pool:  # a device CRF refines here; the pool jobs only fuse
@@ -263,9 +275,10 @@ class AuxSegNetModule(WSSSModule):
                 refined = crf.refine_saliency(batch["raw"][index, :h, :w], saliency[index, :h, :w].clamp(0, 1))
                 saliency[index, :h, :w] = refined
             crf = None
-        if "raw_fused" in self.extra_label_kinds(kind):  # the label itself without the propagation
-            extra_labels["raw_fused"] = fuse_cam_saliency(
-                raw, saliency.clamp(0, 1), labels, hp.cam_threshold, hp.fusion_saliency_threshold
+        ablation = self._fused_ablation(kind)
+        if ablation is not None and other is not None:  # the label from the other CAM, same saliency
+            extra_labels[ablation] = fuse_cam_saliency(
+                other, saliency.clamp(0, 1), labels, hp.cam_threshold, hp.fusion_saliency_threshold
             )
         jobs = []
         for index, (h, w) in enumerate(sizes):
@@ -354,9 +367,17 @@ class AuxSegNetModule(WSSSModule):
         update's "+ affinity" ablation on the label itself."""
         if kind != "refined":
             return ("cam",)
+        ablation = self._fused_ablation(kind)
+        return ("cam", "raw_cam") if ablation is None else ("cam", "raw_cam", ablation)
+
+    def _fused_ablation(self, kind: str) -> str | None:
+        """Name of the fused "+ affinity" ablation label of a set (``raw_fused`` when the label is propagated,
+        ``propagated_fused`` when it is not), or None when there is none: initial sets, and label updates whose
+        saliency a pool CRF refines after this module (the ablation would see another saliency)."""
         hp, crf = self.hparams, self.crf
-        pool_crf = hp.refresh_saliency == "update" and crf.saliency is not None and crf.runs_in_pool
-        return ("cam", "raw_cam") if pool_crf else ("cam", "raw_cam", "raw_fused")
+        if kind != "refined" or (hp.refresh_saliency == "update" and crf.saliency is not None and crf.runs_in_pool):
+            return None
+        return "propagated_fused" if hp.refresh_cam == "raw" else "raw_fused"
 
     def label_config(self, kind: str) -> dict[str, Any]:
         """What determines a label set (for the manifest's config hash)."""
@@ -373,6 +394,7 @@ class AuxSegNetModule(WSSSModule):
             config.update(
                 cam_scales=list(hp.refresh_cam_scales),
                 cam_flip=hp.refresh_cam_flip,
+                refresh_cam=hp.refresh_cam,
                 refresh_cam_norm=hp.refresh_cam_norm,
                 refresh_saliency=hp.refresh_saliency,
             )
