@@ -133,8 +133,16 @@ def srun_arguments(tmp_path: Path, env: dict[str, str]) -> list[str]:
 def test_trainer_from_the_sbatch_line_takes_ranks_from_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The sbatch script's own srun arguments build, in one task of its 2 x 4 job, a DDP trainer whose world size and
     ranks are SLURM's, with auto-requeue on SIGUSR1; a devices/--ntasks-per-node mismatch is refused."""
+    # Building a trainer inside this fake task sets Lightning's process-global rank (6 here); keep it from leaking
+    # into later tests, where a non-zero rank turns every logger into a no-op.
+    import lightning.fabric.utilities.rank_zero as fabric_rank_zero
+    import lightning.pytorch.utilities.rank_zero as pl_rank_zero
+    import lightning_utilities.core.rank_zero as utilities_rank_zero
     from lightning.pytorch.plugins.environments import SLURMEnvironment
     from lightning.pytorch.strategies import DDPStrategy
+
+    for module in (fabric_rank_zero, pl_rank_zero, utilities_rank_zero):
+        monkeypatch.setattr(module.rank_zero_only, "rank", getattr(module.rank_zero_only, "rank", 0))
 
     options = sbatch_options()
     job = slurm_job_env(options, tmp_path)
