@@ -258,17 +258,19 @@ class AuxSegNetModule(WSSSModule):
             saliency = self._update_saliency(predicted, offshelf)
         else:
             raise ValueError(f"unknown pseudo-label kind {kind!r}")
-        extra_labels = {"cam": self._cam_only_labels(*self._peak(cams, labels))}
+        label_cams = raw if kind == "refined" and hp.refresh_cam == "raw" else cams
+        peak, peak_class = self._peak(label_cams, labels)
+        # CAM-only labels of the (propagated) CAM and, for updates, of the raw one: the "+ affinity" ablation;
+        # each CAM's peak is taken once
+        extra_labels = {
+            "cam": self._cam_only_labels(*((peak, peak_class) if label_cams is cams else self._peak(cams, labels)))
+        }
         other = None  # the CAM of the fused ablation: the one the label does not use
-        if kind == "refined":  # CAM-only labels with and without the affinity propagation: the "+ affinity" ablation
-            extra_labels["raw_cam"] = self._cam_only_labels(*self._peak(raw, labels))
-            if hp.refresh_cam == "raw":
-                cams, other = raw, cams
-            else:
-                other = raw
-        peak, peak_class = self._peak(cams, labels)
-        refine = kind == "refined" and hp.refresh_saliency == "update" and self.crf.saliency is not None
-        crf = self.crf if refine else None
+        if kind == "refined":
+            raw_peak = (peak, peak_class) if label_cams is raw else self._peak(raw, labels)
+            extra_labels["raw_cam"] = self._cam_only_labels(*raw_peak)
+            other = cams if label_cams is raw else raw
+        crf = self._saliency_crf(kind)
         if crf is not None and not crf.runs_in_pool:  # a device CRF refines here; the pool jobs only fuse
             saliency = saliency.clone()
             for index, (h, w) in enumerate(sizes):
@@ -363,8 +365,8 @@ class AuxSegNetModule(WSSSModule):
     def extra_label_kinds(self, kind: str) -> tuple[str, ...]:
         """Extra label maps ``label_jobs`` returns for ablations: CAM-only labels, and for label updates the
         same single-scale CAM without the affinity propagation (``raw_cam``), and — when the fused saliency is final
-        before the CRF pool (no pool CRF on it) — the fused label from that raw CAM (``raw_fused``): the label
-        update's "+ affinity" ablation on the label itself."""
+        before the CRF pool (no pool CRF on it) — the fused label from the CAM the set does not use (``raw_fused``
+        or ``propagated_fused``): the label update's "+ affinity" ablation on the label itself."""
         if kind != "refined":
             return ("cam",)
         ablation = self._fused_ablation(kind)
@@ -374,10 +376,17 @@ class AuxSegNetModule(WSSSModule):
         """Name of the fused "+ affinity" ablation label of a set (``raw_fused`` when the label is propagated,
         ``propagated_fused`` when it is not), or None when there is none: initial sets, and label updates whose
         saliency a pool CRF refines after this module (the ablation would see another saliency)."""
-        hp, crf = self.hparams, self.crf
-        if kind != "refined" or (hp.refresh_saliency == "update" and crf.saliency is not None and crf.runs_in_pool):
+        crf = self._saliency_crf(kind)
+        if kind != "refined" or (crf is not None and crf.runs_in_pool):
             return None
-        return "propagated_fused" if hp.refresh_cam == "raw" else "raw_fused"
+        return "propagated_fused" if self.hparams.refresh_cam == "raw" else "raw_fused"
+
+    def _saliency_crf(self, kind: str) -> DenseCRF | None:
+        """The CRF that refines a label set's saliency: the run's CRF for a ``refresh_saliency: update`` label
+        update when it has a ``saliency`` preset, else None."""
+        hp = self.hparams
+        refine = kind == "refined" and hp.refresh_saliency == "update" and self.crf.saliency is not None
+        return self.crf if refine else None
 
     def label_config(self, kind: str) -> dict[str, Any]:
         """What determines a label set (for the manifest's config hash)."""
