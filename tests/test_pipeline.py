@@ -117,3 +117,40 @@ def test_two_stage_run_writes_one_label_per_id_and_serves_them_next_stage(demo, 
             assert 0.0 <= record[key] <= 1.0
         assert record["scored_images"] == len(datamodule.entries("train"))
     assert json.loads((tmp_path / "labels" / "stage1" / "quality.json").read_text())["kind"] == "refined"
+
+
+def test_last_set_labels_only_the_scored_ids_when_asked(demo, tmp_path):
+    """Nothing trains on the set after the last stage: ``last_set_ids="scored"`` writes it for the GT-scored ids only,
+    scored exactly like a full set (the stage-0 set, which stage 0 trains on, still holds every id)."""
+    L.seed_everything(0)
+    datamodule = _datamodule(demo)
+    stages = PseudoLabelRefresh(
+        output_dir=str(tmp_path / "labels"), warmup_epochs=1, num_stages=1, epochs_per_stage=1,
+        refresh_after_last_stage=True, last_set_ids="scored", health=HealthPolicy(action="off"),
+    )  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=-1, callbacks=[stages], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, limit_val_batches=0, default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    trainer.fit(_module(), datamodule)
+
+    all_ids = sorted(entry.id for entry in datamodule.entries("train_aug"))
+    scored = sorted(entry.id for entry in datamodule.entries("train"))
+    assert 0 < len(scored) < len(all_ids)
+    written = {
+        stage: sorted(p.stem for p in (tmp_path / "labels" / f"stage{stage}" / "seg").glob("*.png")) for stage in (0, 1)
+    }
+    assert written == {0: all_ids, 1: scored}
+    manifest = json.loads((tmp_path / "labels" / "stage1" / "manifest.json").read_text())
+    assert manifest["count"] == len(scored) and sorted(manifest["files"]) == scored
+    assert manifest["config"]["only_ids"].startswith(f"{len(scored)} ids, sha256 ")
+    initial, last = stages.history
+    assert "subset" not in initial and initial["images"] == len(all_ids)
+    assert last["subset"] == "ids" and last["images"] == len(scored)
+    assert last["scored_images"] == len(scored) == initial["scored_images"]
+    assert 0.0 <= last["pseudo_mIoU"] <= 1.0
+
+
+def test_last_set_ids_is_checked():
+    with pytest.raises(ValueError, match="last_set_ids must be 'all' or 'scored'"):
+        PseudoLabelRefresh(num_stages=1, last_set_ids="train")

@@ -19,6 +19,7 @@ It knows the method only through :class:`~wsss_lightning.modules.protocol.WSSSMe
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from wsss_lightning.pseudo.quality import quality_summary, score_label_dir
 from wsss_lightning.pseudo.writer import PseudoLabelWriter
 from wsss_lightning.signals import raise_if_stop_requested
 
-__all__ = ["QUALITY_LOG_KEYS", "LabelRunOptions", "label_config", "log_record", "run_label_set"]
+__all__ = ["QUALITY_LOG_KEYS", "LabelRunOptions", "label_config", "log_record", "run_label_set", "scored_ids"]
 
 QUALITY_LOG_KEYS = {
     "pseudo_mIoU": "pseudo/mIoU",
@@ -73,6 +74,18 @@ class LabelRunOptions:
     progress: bool = True
 
 
+def scored_ids(datamodule: Any) -> set[str] | None:
+    """The training ids whose pseudo-labels are scored against the ground truth: ``pseudo_eval_ids()``, else every
+    id with a GT mask; None when there is no ground truth to score against."""
+    ids = datamodule.pseudo_eval_ids()
+    if ids is not None:
+        return set(ids)
+    gt_dir = datamodule.train_gt_dir()
+    if gt_dir is None:
+        return None
+    return {name for name in datamodule.refresh_dataset().ids if (gt_dir / f"{name}.png").is_file()}
+
+
 def label_config(method: WSSSMethod, kind: str, stage: int, model_step: int) -> dict[str, Any]:
     """Everything that determines a label set; its hash decides whether existing files are reused."""
     return {**method.label_config(kind), "crf": method.crf.describe(), "stage": stage, "model_step": model_step}
@@ -88,6 +101,7 @@ def run_label_set(
     config: dict[str, Any],
     options: LabelRunOptions = LabelRunOptions(),
     echo: Callable[[str], None] = print,
+    only_ids: set[str] | None = None,
 ) -> dict[str, Any]:
     """Write (or finish) one label set on every rank; returns its record (the same on every rank).
 
@@ -99,8 +113,13 @@ def run_label_set(
         kind: the method's label kind (e.g. AuxSegNet ``initial`` / ``refined``, SSNet ``ssnet``).
         stage: recorded in the manifest and the record.
         config: :func:`label_config` (plus anything that must separate runs, e.g. a run id).
+        only_ids: label only these training ids (e.g. :func:`scored_ids` for a set nothing trains on); None = all.
+            The set then holds (and its manifest expects) just those ids; the record says ``"subset": "ids"``.
     """
-    run = _LabelSetRun(trainer, method, datamodule, label_set, kind, stage, config, options)
+    if only_ids is not None:
+        digest = hashlib.sha256("\n".join(sorted(only_ids)).encode()).hexdigest()[:16]
+        config = {**config, "only_ids": f"{len(only_ids)} ids, sha256 {digest}"}
+    run = _LabelSetRun(trainer, method, datamodule, label_set, kind, stage, config, options, only_ids)
     was_training = method.training
     method.eval()
     try:
@@ -124,6 +143,7 @@ class _LabelSetRun:
         stage: int,
         config: dict[str, Any],
         options: LabelRunOptions,
+        only_ids: set[str] | None = None,
     ) -> None:
         self.trainer = trainer
         self.method = method
@@ -134,7 +154,13 @@ class _LabelSetRun:
         self.config = config
         self.options = options
         self.dataset = datamodule.refresh_dataset()
-        self.names: list[str] = self.dataset.ids
+        # dataset indices of the ids this set labels (all, or the requested subset, in dataset order)
+        self.indices = [i for i, name in enumerate(self.dataset.ids) if only_ids is None or name in only_ids]
+        if only_ids is not None and len(self.indices) < len(only_ids):
+            unknown = sorted(only_ids - set(self.dataset.ids))
+            raise ValueError(f"{len(unknown)} ids to label are not training ids (e.g. {unknown[:3]})")
+        self.names: list[str] = [self.dataset.ids[i] for i in self.indices]
+        self.subset = only_ids is not None
         self.eval_ids: set[str] | None = datamodule.pseudo_eval_ids()
         self.device = torch.device(trainer.strategy.root_device)
         # Extra label maps the method reports for ablations (e.g. "cam" = CAM-only labels), scored in memory.
@@ -153,7 +179,7 @@ class _LabelSetRun:
         strategy.barrier("pseudo_label_pending")  # every rank read the manifests before any write
         shard = pending[self.trainer.global_rank :: self.trainer.world_size]
         loader = DataLoader(
-            Subset(self.dataset, shard),
+            Subset(self.dataset, [self.indices[i] for i in shard]),
             batch_size=self.options.batch_size,
             num_workers=self.options.num_workers,
             collate_fn=pad_collate,
@@ -249,6 +275,7 @@ class _LabelSetRun:
             "kind": self.kind,
             "dir": str(self.label_set.root),
             "images": len(self.names),
+            **({"subset": "ids"} if self.subset else {}),
             "written_per_rank": per_rank,
             "reused": reused,
             "seconds": round(seconds, 2),

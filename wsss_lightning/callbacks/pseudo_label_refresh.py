@@ -6,7 +6,8 @@ Schedule (epochs, 0-based): ``warmup_epochs`` of classification only, then ``num
 * before stage 0: ``initial`` labels (multi-scale CAM + off-the-shelf saliency), unless ``initial_labels="given"``
   (``data.pseudo_label_dir`` already holds them);
 * after every stage but the last (and after the last with ``refresh_after_last_stage``): ``refined`` labels
-  (affinity-propagated CAM + updated saliency), which the next stage trains on.
+  (affinity-propagated CAM + updated saliency), which the next stage trains on. Nothing trains on the set after the
+  last stage: ``last_set_ids="scored"`` writes it for the GT-scored ids only (its quality at a fraction of the cost).
 
 A refresh runs on every rank over its shard of the pending ids (resumable: ids already written with the same
 config are skipped), waits at a barrier, merges the manifest on rank 0, scores the labels against GT where GT
@@ -32,7 +33,7 @@ from typing import Any, Literal
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from wsss_lightning.label_runner import LabelRunOptions, label_config, run_label_set
+from wsss_lightning.label_runner import LabelRunOptions, label_config, run_label_set, scored_ids
 from wsss_lightning.modules.base import WSSSModule
 from wsss_lightning.pseudo.health import HealthPolicy
 from wsss_lightning.pseudo.label_set import LabelSet
@@ -54,6 +55,9 @@ class PseudoLabelRefresh(Callback):
         initial_labels: ``cam`` to generate the stage-0 labels, ``given`` to use ``data.pseudo_label_dir``,
             ``none`` when stage 0 needs no pseudo-labels (SSNet stage 1 learns from image labels + saliency).
         refresh_after_last_stage: also generate labels after the last stage (to report their quality).
+        last_set_ids: the ids of that last set: ``all`` training ids (the final pseudo-labels, e.g. to train another
+            segmenter on) or only the ``scored`` ones (those with ground truth, e.g. VOC's 1,464 ``train`` ids of
+            10,582; all when there is no ground truth), which is enough to score it.
         batch_size: images per forward pass during a refresh (full-size images; 1 avoids padding).
         num_workers: data-loading workers of the refresh loader.
         crf_workers: CPU processes for the CRF / PNG encoding (0 = inline).
@@ -70,6 +74,7 @@ class PseudoLabelRefresh(Callback):
         epochs_per_stage: int | list[int] = 15,
         initial_labels: Literal["cam", "given", "none"] = "cam",
         refresh_after_last_stage: bool = True,
+        last_set_ids: Literal["all", "scored"] = "all",
         batch_size: int = 1,
         num_workers: int = 0,
         crf_workers: int = 0,
@@ -87,6 +92,9 @@ class PseudoLabelRefresh(Callback):
         self.epochs_per_stage = per_stage
         self.initial_labels = initial_labels
         self.refresh_after_last_stage = refresh_after_last_stage
+        if last_set_ids not in ("all", "scored"):
+            raise ValueError(f"last_set_ids must be 'all' or 'scored', got {last_set_ids!r}")
+        self.last_set_ids = last_set_ids
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.crf_workers = crf_workers
@@ -246,7 +254,12 @@ class PseudoLabelRefresh(Callback):
             verify_checksums=self.verify_checksums,
             progress=trainer.progress_bar_callback is not None,
         )
-        record = run_label_set(trainer, pl_module, trainer.datamodule, label_set, kind, stage, config, options)
+        # the set after the last stage trains nothing: with last_set_ids="scored" it labels only the scored ids
+        last_scored = stage == self.num_stages and self.last_set_ids == "scored"
+        only_ids = scored_ids(trainer.datamodule) if last_scored else None
+        record = run_label_set(
+            trainer, pl_module, trainer.datamodule, label_set, kind, stage, config, options, only_ids=only_ids
+        )
         self.history.append(record)
         self.label_sets[stage] = str(label_set.root)
         self.pending = None
