@@ -216,3 +216,16 @@ def test_refresh_cam_raw_fuses_the_unpropagated_cam_and_records_the_propagated_l
     assert module.label_config("refined")["refresh_cam"] == "raw"
     with pytest.raises(ValueError, match="refresh_cam"):
         _module(refresh_cam="both")
+
+
+def test_pairwise_loss_weight_adds_the_loss_of_the_pairwise_only_refinement():
+    batch = _batch()
+    plain, extra = _module(), _module(pairwise_loss_weight=0.5)
+    plain.network.eval(), extra.network.eval()  # no dropout: the same outputs in both
+    out = extra.network(batch["image"])
+    expected = segmentation_ce_loss(out.affinity.propagate(out.seg_logits), batch["seg"])
+    assert out.affinity.has_pairwise and expected > 0
+    assert torch.allclose(extra.training_step(batch, 0), plain.training_step(batch, 0) + 0.5 * expected, atol=1e-6)
+    extra.enter_stage(-1, 0, 1, reset_optimizer=False)  # warm-up: classification only, no pairwise term either
+    plain.enter_stage(-1, 0, 1, reset_optimizer=False)
+    assert torch.allclose(extra.training_step(batch, 0), plain.training_step(batch, 0))

@@ -57,6 +57,10 @@ class AuxSegNetModule(WSSSModule):
             ``num_classes``.
         num_classes, class_names: see :class:`WSSSModule` (linked from the data by the CLI).
         cls_loss_weight, sal_loss_weight, seg_loss_weight: λ1, λ2, λ3 (1, 1, 1).
+        pairwise_loss_weight: weight of an extra segmentation loss on the pairwise-only refinement ``A·L_seg``
+            (0 = off, the method). An ablation for AuxSegNet+ (UNCONFIRMED reading): its ``R = A·L + 1·(uᵀL)`` lets
+            the global unary term carry the seg loss, this gives the pairwise rows (which propagate the CAMs) their
+            own signal. Logged as ``train/loss_seg_pairwise``.
         lr: base learning rate (7e-4 code, 1e-3 paper); ``head_lr_mult`` for the heads (10).
         classifier_lr_mult: multiplier of the classifier ``fc8`` (None: ``head_lr_mult``, as the code). A new
             linear classifier on a pretrained backbone learns like a linear probe, at a far higher rate than
@@ -98,6 +102,7 @@ class AuxSegNetModule(WSSSModule):
         cls_loss_weight: float = 1.0,
         sal_loss_weight: float = 1.0,
         seg_loss_weight: float = 1.0,
+        pairwise_loss_weight: float = 0.0,
         lr: float = 7e-4,
         head_lr_mult: float = 10.0,
         classifier_lr_mult: float | None = None,
@@ -145,6 +150,12 @@ class AuxSegNetModule(WSSSModule):
             loss_seg = segmentation_ce_loss(out.seg_logits, seg) + segmentation_ce_loss(out.seg_refined, seg)
             losses.update(loss_sal=loss_sal, loss_seg=loss_seg)
             total = total + hp.sal_loss_weight * loss_sal + hp.seg_loss_weight * loss_seg
+            if hp.pairwise_loss_weight > 0 and out.affinity.has_pairwise:
+                # the pairwise-only refinement A·L_seg on its own (with a unary term, R = A·L + 1·(uᵀL) alone lets
+                # the global term carry the loss): the rows that propagate the CAMs get their own signal
+                loss_pair = segmentation_ce_loss(out.affinity.propagate(out.seg_logits), seg)
+                losses["loss_seg_pairwise"] = loss_pair
+                total = total + hp.pairwise_loss_weight * loss_pair
         else:
             # Warm-up trains the classifier only; a zero-weighted term keeps the branches in the graph so that
             # DDP's gradient reducer sees every parameter (no find_unused_parameters needed).
