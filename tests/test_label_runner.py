@@ -22,8 +22,8 @@ class _Data:
         return SimpleNamespace(ids=self.ids)
 
 
-def test_scored_ids_are_the_eval_split_when_there_is_one(tmp_path: Path) -> None:
-    assert scored_ids(_Data(["a", "b", "c"], {"b"}, tmp_path)) == {"b"}
+def test_scored_ids_are_the_training_ids_of_the_eval_split_when_there_is_one(tmp_path: Path) -> None:
+    assert scored_ids(_Data(["a", "b", "c"], {"b", "x"}, tmp_path)) == {"b"}  # "x" is not a training id
 
 
 def test_scored_ids_fall_back_to_the_ids_with_a_ground_truth_mask(tmp_path: Path) -> None:

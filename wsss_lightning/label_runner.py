@@ -75,15 +75,16 @@ class LabelRunOptions:
 
 
 def scored_ids(datamodule: Any) -> set[str] | None:
-    """The training ids whose pseudo-labels are scored against the ground truth: ``pseudo_eval_ids()``, else every
-    id with a GT mask; None when there is no ground truth to score against."""
+    """The training ids whose pseudo-labels are scored against the ground truth: those of ``pseudo_eval_ids()``,
+    else every id with a GT mask; None when there is no ground truth to score against."""
+    training = datamodule.refresh_dataset().ids
     ids = datamodule.pseudo_eval_ids()
     if ids is not None:
-        return set(ids)
+        return {name for name in training if name in ids}
     gt_dir = datamodule.train_gt_dir()
     if gt_dir is None:
         return None
-    return {name for name in datamodule.refresh_dataset().ids if (gt_dir / f"{name}.png").is_file()}
+    return {name for name in training if (gt_dir / f"{name}.png").is_file()}
 
 
 def label_config(method: WSSSMethod, kind: str, stage: int, model_step: int) -> dict[str, Any]:
