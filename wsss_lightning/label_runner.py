@@ -23,6 +23,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -74,17 +75,14 @@ class LabelRunOptions:
     progress: bool = True
 
 
-def scored_ids(datamodule: Any) -> set[str] | None:
-    """The training ids whose pseudo-labels are scored against the ground truth: those of ``pseudo_eval_ids()``,
-    else every id with a GT mask; None when there is no ground truth to score against."""
-    training = datamodule.refresh_dataset().ids
-    ids = datamodule.pseudo_eval_ids()
-    if ids is not None:
-        return {name for name in training if name in ids}
-    gt_dir = datamodule.train_gt_dir()
+def scored_ids(names: list[str], eval_ids: set[str] | None, gt_dir: Path | None) -> set[str] | None:
+    """Which of the training ids ``names`` a set is scored on: those in ``eval_ids`` (the datamodule's
+    ``pseudo_eval_ids()``), else every id with a GT mask in ``gt_dir``; None when there is no ground truth."""
+    if eval_ids is not None:
+        return {name for name in names if name in eval_ids}
     if gt_dir is None:
         return None
-    return {name for name in training if (gt_dir / f"{name}.png").is_file()}
+    return {name for name in names if (gt_dir / f"{name}.png").is_file()}
 
 
 def label_config(method: WSSSMethod, kind: str, stage: int, model_step: int) -> dict[str, Any]:
@@ -102,7 +100,7 @@ def run_label_set(
     config: dict[str, Any],
     options: LabelRunOptions = LabelRunOptions(),
     echo: Callable[[str], None] = print,
-    only_ids: set[str] | None = None,
+    only_scored: bool = False,
 ) -> dict[str, Any]:
     """Write (or finish) one label set on every rank; returns its record (the same on every rank).
 
@@ -114,13 +112,11 @@ def run_label_set(
         kind: the method's label kind (e.g. AuxSegNet ``initial`` / ``refined``, SSNet ``ssnet``).
         stage: recorded in the manifest and the record.
         config: :func:`label_config` (plus anything that must separate runs, e.g. a run id).
-        only_ids: label only these training ids (e.g. :func:`scored_ids` for a set nothing trains on); None = all.
-            The set then holds (and its manifest expects) just those ids; the record says ``"subset": "ids"``.
+        only_scored: label only the ids the set is scored on (:func:`scored_ids`; all without ground truth), e.g. for
+            a set nothing trains on. The set then holds (and its manifest expects) just those ids, its config names
+            them by count and hash, and the record says ``"subset": "ids"``.
     """
-    if only_ids is not None:
-        digest = hashlib.sha256("\n".join(sorted(only_ids)).encode()).hexdigest()[:16]
-        config = {**config, "only_ids": f"{len(only_ids)} ids, sha256 {digest}"}
-    run = _LabelSetRun(trainer, method, datamodule, label_set, kind, stage, config, options, only_ids)
+    run = _LabelSetRun(trainer, method, datamodule, label_set, kind, stage, config, options, only_scored)
     was_training = method.training
     method.eval()
     try:
@@ -144,7 +140,7 @@ class _LabelSetRun:
         stage: int,
         config: dict[str, Any],
         options: LabelRunOptions,
-        only_ids: set[str] | None = None,
+        only_scored: bool = False,
     ) -> None:
         self.trainer = trainer
         self.method = method
@@ -152,17 +148,19 @@ class _LabelSetRun:
         self.label_set = label_set
         self.kind = kind
         self.stage = stage
-        self.config = config
         self.options = options
         self.dataset = datamodule.refresh_dataset()
-        # dataset indices of the ids this set labels (all, or the requested subset, in dataset order)
-        self.indices = [i for i, name in enumerate(self.dataset.ids) if only_ids is None or name in only_ids]
-        if only_ids is not None and len(self.indices) < len(only_ids):
-            unknown = sorted(only_ids - set(self.dataset.ids))
-            raise ValueError(f"{len(unknown)} ids to label are not training ids (e.g. {unknown[:3]})")
-        self.names: list[str] = [self.dataset.ids[i] for i in self.indices]
-        self.subset = only_ids is not None
         self.eval_ids: set[str] | None = datamodule.pseudo_eval_ids()
+        self.gt_dir = datamodule.train_gt_dir()
+        only = scored_ids(self.dataset.ids, self.eval_ids, self.gt_dir) if only_scored else None
+        if only is not None:
+            digest = hashlib.sha256("\n".join(sorted(only)).encode()).hexdigest()[:16]
+            config = {**config, "only_ids": f"{len(only)} ids, sha256 {digest}"}
+        self.config = config
+        # dataset indices of the ids this set labels (all, or the scored ones, in dataset order)
+        self.indices = [i for i, name in enumerate(self.dataset.ids) if only is None or name in only]
+        self.names: list[str] = [self.dataset.ids[i] for i in self.indices]
+        self.subset = only is not None
         self.device = torch.device(trainer.strategy.root_device)
         # Extra label maps the method reports for ablations (e.g. "cam" = CAM-only labels), scored in memory.
         self.extra_metrics = {
@@ -297,7 +295,7 @@ class _LabelSetRun:
             if not names:
                 return {}
         else:
-            gt_dir = self.datamodule.train_gt_dir()
+            gt_dir = self.gt_dir
             if gt_dir is None:
                 return {}
             names = ids

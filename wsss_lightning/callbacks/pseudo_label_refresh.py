@@ -33,7 +33,7 @@ from typing import Any, Literal
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from wsss_lightning.label_runner import LabelRunOptions, label_config, run_label_set, scored_ids
+from wsss_lightning.label_runner import LabelRunOptions, label_config, run_label_set
 from wsss_lightning.modules.base import WSSSModule
 from wsss_lightning.pseudo.health import HealthPolicy
 from wsss_lightning.pseudo.label_set import LabelSet
@@ -255,10 +255,9 @@ class PseudoLabelRefresh(Callback):
             progress=trainer.progress_bar_callback is not None,
         )
         # the set after the last stage trains nothing: with last_set_ids="scored" it labels only the scored ids
-        last_scored = stage == self.num_stages and self.last_set_ids == "scored"
-        only_ids = scored_ids(trainer.datamodule) if last_scored else None
+        only_scored = stage == self.num_stages and self.last_set_ids == "scored"
         record = run_label_set(
-            trainer, pl_module, trainer.datamodule, label_set, kind, stage, config, options, only_ids=only_ids
+            trainer, pl_module, trainer.datamodule, label_set, kind, stage, config, options, only_scored=only_scored
         )
         self.history.append(record)
         self.label_sets[stage] = str(label_set.root)
