@@ -248,6 +248,27 @@ def test_refinement_equals_explicit_matrix_products(mode: str, cross_task: bool,
             assert got is logits
 
 
+@pytest.mark.parametrize("cross_task", [True, False])
+def test_unary_refinement_off_keeps_unary_features_and_refines_pairwise_only(cross_task: bool) -> None:
+    """``unary_refinement=False``: F' still carries the unary context, R = A·L, and no unused ω exists."""
+    on = _module(12, mode="dual", cross_task=cross_task)
+    off = _module(12, mode="dual", cross_task=cross_task, unary_refinement=False)
+    f_seg, f_sal = _features(seed=12)
+    out_on, out_off = on(f_seg, f_sal), off(f_seg, f_sal)
+    torch.testing.assert_close(out_off.seg_features, out_on.seg_features)
+    torch.testing.assert_close(out_off.sal_features, out_on.sal_features)
+    assert off.unary_fusion is None and out_off.seg_context.unary is None
+    l_seg = torch.randn(2, 5, 6, 6, generator=torch.Generator().manual_seed(3))
+    a = _hand_a_ct(on, f_seg, f_sal) if cross_task else _hand_pairwise(on.seg, f_seg)
+    r_seg, _ = off.refine(out_off, l_seg, torch.zeros(2, 1, 6, 6))
+    torch.testing.assert_close(r_seg.double(), _apply(a, l_seg), rtol=1e-5, atol=1e-5)
+    # Every parameter receives a gradient through F' or R (DDP needs no find_unused_parameters).
+    out = off(f_seg, f_sal)
+    r_seg, r_sal = off.refine(out, l_seg, torch.zeros(2, 1, 6, 6))
+    (r_seg.sum() + r_sal.sum() + out.seg_features.sum() + out.sal_features.sum()).backward()
+    assert all(p.grad is not None for p in off.parameters())
+
+
 def test_unary_only_refinement_is_logits_plus_global_term() -> None:
     m = _module(10, mode="unary", cross_task=False)
     f_seg, f_sal = _features(seed=10)

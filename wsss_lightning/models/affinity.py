@@ -458,6 +458,9 @@ class CrossTaskAffinity(nn.Module):
         unary_fusion: "conv" (learned ω) or "mean" (``(u_seg + u_sal)/2``) for the cross-task unary term.
         whiten_pairwise: DNL whitening of θ, φ (not in AuxSegNet's code).
         average_terms: average instead of sum the two refinement terms (whenever a unary term is present).
+        unary_refinement: the unary context also refines the predictions (``R = A·L + 1·(uᵀL)``); with False it
+            enhances the features only and ``R = A·L`` (the GCNet reading, where query-independent context is a
+            feature block).
         renormalize_rows: ablation — re-normalise ``A_CT`` rows (and ``u_CT``) to sum to 1; cross-task only.
         chunk_size: query rows per block in chunked (no-grad, N > chunk_size) mode.
 
@@ -473,6 +476,7 @@ class CrossTaskAffinity(nn.Module):
         unary_fusion: UnaryFusionMode = "conv",
         whiten_pairwise: bool = False,
         average_terms: bool = False,
+        unary_refinement: bool = True,
         renormalize_rows: bool = False,
         chunk_size: int = 4096,
     ) -> None:
@@ -487,6 +491,7 @@ class CrossTaskAffinity(nn.Module):
         self.cross_task = cross_task
         self.unary_fusion_mode = unary_fusion
         self.average_terms = average_terms
+        self.unary_refinement = unary_refinement
         self.renormalize_rows = renormalize_rows
         self.chunk_size = chunk_size
         self.use_pairwise = mode in ("pairwise", "dual")
@@ -495,7 +500,8 @@ class CrossTaskAffinity(nn.Module):
         self.seg = TaskAffinity(channels, **kw)
         self.sal = TaskAffinity(channels, **kw)
         self.pairwise_fusion = PairwiseFusion() if (cross_task and self.use_pairwise) else None
-        use_conv_unary = cross_task and self.use_unary and unary_fusion == "conv"
+        # The fused u_CT only serves the refinement: without it ω would be an unused parameter (DDP).
+        use_conv_unary = cross_task and self.use_unary and unary_refinement and unary_fusion == "conv"
         self.unary_fusion = UnaryFusion() if use_conv_unary else None
 
     def _fuse_unary(self, u_seg: Tensor, u_sal: Tensor) -> Tensor:
@@ -542,17 +548,21 @@ class CrossTaskAffinity(nn.Module):
         sal_out = self.sal.enhance(sal_features, sal_rows, u_sal, self.chunk_size)
 
         ctx_kw = {"chunk_size": self.chunk_size, "average_terms": self.average_terms}
+        if not self.unary_refinement:  # the unary context has done its work in F'_t; R = A·L
+            u_seg_ref, u_sal_ref = None, None
+        else:
+            u_seg_ref, u_sal_ref = u_seg, u_sal
         if self.cross_task:
             pair: _RowSource | None = None
             if seg_rows is not None and sal_rows is not None and self.pairwise_fusion is not None:
                 pair = _CrossTaskRows(seg_rows, sal_rows, self.pairwise_fusion, self.renormalize_rows)
                 if not chunked:
                     pair = _DenseRows(pair.rows(0, n))
-            u_ct = self._fuse_unary(u_seg, u_sal) if (u_seg is not None and u_sal is not None) else None
+            u_ct = self._fuse_unary(u_seg_ref, u_sal_ref) if (u_seg_ref is not None and u_sal_ref is not None) else None
             shared = AffinityContext((h, w), b, device, pair, u_ct, **ctx_kw)
             return AffinityOutput(seg_out, sal_out, shared, shared)
-        seg_ctx = AffinityContext((h, w), b, device, seg_rows, u_seg, **ctx_kw)
-        sal_ctx = AffinityContext((h, w), b, device, sal_rows, u_sal, **ctx_kw)
+        seg_ctx = AffinityContext((h, w), b, device, seg_rows, u_seg_ref, **ctx_kw)
+        sal_ctx = AffinityContext((h, w), b, device, sal_rows, u_sal_ref, **ctx_kw)
         return AffinityOutput(seg_out, sal_out, seg_ctx, sal_ctx)
 
     @staticmethod

@@ -60,7 +60,7 @@ class AuxSegNet(nn.Module):
         cross_task: fuse seg/sal affinities for refinement and CAM propagation.
         head_channels: branch width (128).
         dilations: dilations of conv1, conv2, conv3 in each branch ((6, 12, 18)).
-        unary_fusion, whiten_pairwise, average_terms, renormalize_rows, chunk_size: see
+        unary_fusion, whiten_pairwise, average_terms, unary_refinement, renormalize_rows, chunk_size: see
             :class:`~wsss_lightning.models.affinity.CrossTaskAffinity`.
     """
 
@@ -75,6 +75,7 @@ class AuxSegNet(nn.Module):
         unary_fusion: UnaryFusionMode = "conv",
         whiten_pairwise: bool = False,
         average_terms: bool = False,
+        unary_refinement: bool = True,
         renormalize_rows: bool = False,
         chunk_size: int = 4096,
     ) -> None:
@@ -94,6 +95,7 @@ class AuxSegNet(nn.Module):
             unary_fusion=unary_fusion,
             whiten_pairwise=whiten_pairwise,
             average_terms=average_terms,
+            unary_refinement=unary_refinement,
             renormalize_rows=renormalize_rows,
             chunk_size=chunk_size,
         )
