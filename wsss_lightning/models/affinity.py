@@ -548,10 +548,8 @@ class CrossTaskAffinity(nn.Module):
         sal_out = self.sal.enhance(sal_features, sal_rows, u_sal, self.chunk_size)
 
         ctx_kw = {"chunk_size": self.chunk_size, "average_terms": self.average_terms}
-        if not self.unary_refinement:  # the unary context has done its work in F'_t; R = A·L
-            u_seg_ref, u_sal_ref = None, None
-        else:
-            u_seg_ref, u_sal_ref = u_seg, u_sal
+        # Without unary_refinement the unary context has done its work in F'_t, and R = A·L.
+        u_seg_ref, u_sal_ref = (u_seg, u_sal) if self.unary_refinement else (None, None)
         if self.cross_task:
             pair: _RowSource | None = None
             if seg_rows is not None and sal_rows is not None and self.pairwise_fusion is not None:
