@@ -269,6 +269,51 @@ def test_unary_refinement_off_keeps_unary_features_and_refines_pairwise_only(cro
     assert all(p.grad is not None for p in off.parameters())
 
 
+@pytest.mark.parametrize("cross_task", [True, False])
+def test_unary_gate_starts_as_pairwise_and_scales_the_unary_terms(cross_task: bool) -> None:
+    """``unary_gate``: zero gates give exactly the pairwise-only module; set gates scale each task's unary terms."""
+    gated = _module(13, mode="dual", cross_task=cross_task, unary_gate=True)
+    with torch.no_grad():  # _module scaled every parameter by 3: the gates start at 0 again
+        for task in (gated.seg, gated.sal):
+            task.feature_gate.zero_()
+            task.refine_gate.zero_()
+    pairwise = CrossTaskAffinity(C, mode="pairwise", cross_task=cross_task, whiten_pairwise=False)
+    pairwise.load_state_dict(gated.state_dict(), strict=False)  # shared θ/φ/g/W/fusion weights
+    f_seg, f_sal = _features(seed=13)
+    l_seg = torch.randn(2, 5, 6, 6, generator=torch.Generator().manual_seed(4))
+    l_sal = torch.randn(2, 1, 6, 6, generator=torch.Generator().manual_seed(5))
+    out_g, out_p = gated(f_seg, f_sal), pairwise(f_seg, f_sal)
+    torch.testing.assert_close(out_g.seg_features, out_p.seg_features)
+    torch.testing.assert_close(out_g.sal_features, out_p.sal_features)
+    for got, want in zip(gated.refine(out_g, l_seg, l_sal), pairwise.refine(out_p, l_seg, l_sal)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+    # Gates γ_seg = 0.5, γ_sal = -2: R_t = A·L_t + γ_t·1·(uᵀL_t), computed by hand from the ungated module.
+    ungated = _module(13, mode="dual", cross_task=cross_task)
+    with torch.no_grad():
+        gated.seg.feature_gate.fill_(1.0)
+        gated.sal.feature_gate.fill_(1.0)
+        gated.seg.refine_gate.fill_(0.5)
+        gated.sal.refine_gate.fill_(-2.0)
+    out_g, out_u = gated(f_seg, f_sal), ungated(f_seg, f_sal)
+    torch.testing.assert_close(out_g.seg_features, out_u.seg_features)  # feature gate 1 = ungated
+    if cross_task:
+        a, a_sal = _hand_a_ct(ungated, f_seg, f_sal), None
+        u = u_sal = _hand_u_ct(ungated, f_seg, f_sal)
+    else:
+        a, a_sal = _hand_pairwise(ungated.seg, f_seg), _hand_pairwise(ungated.sal, f_sal)
+        u, u_sal = _hand_unary(ungated.seg, f_seg), _hand_unary(ungated.sal, f_sal)
+    r_seg, r_sal = gated.refine(out_g, l_seg, l_sal)
+    glob_seg = torch.einsum("bj,bkj->bk", u, l_seg.flatten(2).double())[..., None, None]
+    glob_sal = torch.einsum("bj,bkj->bk", u_sal, l_sal.flatten(2).double())[..., None, None]
+    torch.testing.assert_close(r_seg.double(), _apply(a, l_seg) + 0.5 * glob_seg, rtol=1e-5, atol=1e-5)
+    a_sal = a if a_sal is None else a_sal
+    torch.testing.assert_close(r_sal.double(), _apply(a_sal, l_sal) - 2.0 * glob_sal, rtol=1e-5, atol=1e-5)
+    # The gates train (heads' ×10 lr group: their names hold seg/sal).
+    (r_seg.sum() + r_sal.sum() + out_g.seg_features.sum()).backward()
+    assert gated.seg.refine_gate.grad is not None and gated.seg.feature_gate.grad is not None
+
+
 def test_unary_only_refinement_is_logits_plus_global_term() -> None:
     m = _module(10, mode="unary", cross_task=False)
     f_seg, f_sal = _features(seed=10)

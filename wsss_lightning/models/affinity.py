@@ -269,11 +269,13 @@ class AffinityContext:
         # mean_i(max_j A(i, j) · N) = Σ_i max_j A(i, j)
         return {"row_peak": peak, "row_spread": spread / n, "background_mass": background_mass}
 
-    def refine(self, logits: Tensor) -> Tensor:
-        """Prediction refinement ``R = [A^p L or L] + [1·(uᵀ L) if unary]`` (halved with ``average_terms``).
+    def refine(self, logits: Tensor, unary_scale: Tensor | None = None) -> Tensor:
+        """Prediction refinement ``R = [A^p L or L] + [γ·1·(uᵀ L) if unary]`` (halved with ``average_terms``).
 
         Args:
             logits: ``(B, K, h, w)`` task logits ``L`` at feature resolution.
+            unary_scale: ``γ`` of the unary term, shape ``(K,)`` or ``(1,)`` (the learned zero-initialised gates of
+                ``unary_gate``); None means 1.
 
         Returns:
             refined logits ``(B, K, h, w)`` in ``logits.dtype``; ``logits`` unchanged in mode "none".
@@ -285,6 +287,8 @@ class AffinityContext:
             base = flat.float() if self._pairwise is None else _apply_rows(self._pairwise, flat, self.chunk_size)
             if self.unary is not None:
                 glob = torch.einsum("bn,bkn->bk", self.unary, flat.float())  # uᵀL per channel
+                if unary_scale is not None:
+                    glob = glob * unary_scale.float()
                 base = base + glob.unsqueeze(-1)
                 if self.average_terms:
                     base = 0.5 * base
@@ -295,13 +299,17 @@ class AffinityContext:
 class AffinityOutput:
     """Result of :class:`CrossTaskAffinity`: enhanced features ``F'_t`` ``(B, C, h, w)`` and each task's context.
 
-    With ``cross_task=True`` ``seg_context is sal_context`` (one ``A_CT`` / ``u_CT``).
+    With ``cross_task=True`` ``seg_context is sal_context`` (one ``A_CT`` / ``u_CT``). ``seg_unary_scale`` /
+    ``sal_unary_scale`` are each task's learned gate ``γ_t`` ``(1,)`` of the unary refinement term (``unary_gate``),
+    else None (γ = 1).
     """
 
     seg_features: Tensor
     sal_features: Tensor
     seg_context: AffinityContext
     sal_context: AffinityContext
+    seg_unary_scale: Tensor | None = None
+    sal_unary_scale: Tensor | None = None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -320,13 +328,33 @@ class TaskAffinity(nn.Module):
         pairwise: build θ, φ.
         unary: build the unary conv C → 1.
         whiten: DNL whitening — subtract the spatial means of θ and φ before the dot product.
+        gate: with ``unary``, scale the unary context by learned scalars initialised at 0 (``feature_gate`` in
+            ``F'``; ``refine_gate`` in the refinement when ``refine_gate`` is also set), so that training starts from
+            the pairwise-only network and the unary term enters only as far as it lowers the loss (the zero-init
+            residual of GCNet's context block / SAGAN's γ).
+        refine_gate: build ``refine_gate`` (the unary term also refines the predictions).
     """
 
-    def __init__(self, channels: int, *, pairwise: bool, unary: bool, whiten: bool = False) -> None:
+    def __init__(
+        self,
+        channels: int,
+        *,
+        pairwise: bool,
+        unary: bool,
+        whiten: bool = False,
+        gate: bool = False,
+        refine_gate: bool = False,
+    ) -> None:
         super().__init__()
         self.use_pairwise = pairwise
         self.use_unary = unary
         self.whiten = whiten
+        self.feature_gate: nn.Parameter | None = None
+        self.refine_gate: nn.Parameter | None = None
+        if unary and gate:
+            self.feature_gate = nn.Parameter(torch.zeros(1))
+            if refine_gate:
+                self.refine_gate = nn.Parameter(torch.zeros(1))
         if pairwise:
             self.theta = nn.Conv2d(channels, channels, 1)
             self.phi = nn.Conv2d(channels, channels, 1)
@@ -357,7 +385,8 @@ class TaskAffinity(nn.Module):
             return torch.softmax(_conv_fp32(self.unary, features).flatten(1), dim=-1)
 
     def enhance(self, features: Tensor, pairwise: _RowSource | None, unary: Tensor | None, chunk_size: int) -> Tensor:
-        """``F' = F + W(A g(F) + 1 cᵀ)`` with whichever terms are given; ``F`` itself when neither is.
+        """``F' = F + W(A g(F) + γ 1 cᵀ)`` with whichever terms are given (γ = ``feature_gate`` or 1); ``F`` itself
+        when neither is.
 
         Args:
             features: ``F_t`` ``(B, C, h, w)``.
@@ -378,6 +407,8 @@ class TaskAffinity(nn.Module):
                 context = context + _apply_rows(pairwise, g_flat, chunk_size)
             if unary is not None:
                 c = torch.einsum("bn,bcn->bc", unary, g_flat.float())  # query-independent context c_t
+                if self.feature_gate is not None:
+                    c = c * self.feature_gate.float()
                 context = context + c.unsqueeze(-1)
         return features + self.W(context.to(g.dtype).view_as(g))
 
@@ -461,6 +492,9 @@ class CrossTaskAffinity(nn.Module):
         unary_refinement: the unary context also refines the predictions (``R = A·L + 1·(uᵀL)``); with False it
             enhances the features only and ``R = A·L`` (the GCNet reading, where query-independent context is a
             feature block).
+        unary_gate: scale each task's unary context (in ``F'_t`` and in ``R_t``) by learned scalars initialised at 0
+            (:class:`TaskAffinity` ``gate``): the module starts as the pairwise-only AuxSegNet and learns how much
+            unary context to add.
         renormalize_rows: ablation — re-normalise ``A_CT`` rows (and ``u_CT``) to sum to 1; cross-task only.
         chunk_size: query rows per block in chunked (no-grad, N > chunk_size) mode.
 
@@ -477,6 +511,7 @@ class CrossTaskAffinity(nn.Module):
         whiten_pairwise: bool = False,
         average_terms: bool = False,
         unary_refinement: bool = True,
+        unary_gate: bool = False,
         renormalize_rows: bool = False,
         chunk_size: int = 4096,
     ) -> None:
@@ -492,11 +527,18 @@ class CrossTaskAffinity(nn.Module):
         self.unary_fusion_mode = unary_fusion
         self.average_terms = average_terms
         self.unary_refinement = unary_refinement
+        self.unary_gate = unary_gate
         self.renormalize_rows = renormalize_rows
         self.chunk_size = chunk_size
         self.use_pairwise = mode in ("pairwise", "dual")
         self.use_unary = mode in ("unary", "dual")
-        kw = {"pairwise": self.use_pairwise, "unary": self.use_unary, "whiten": whiten_pairwise}
+        kw = {
+            "pairwise": self.use_pairwise,
+            "unary": self.use_unary,
+            "whiten": whiten_pairwise,
+            "gate": unary_gate,
+            "refine_gate": unary_refinement,
+        }
         self.seg = TaskAffinity(channels, **kw)
         self.sal = TaskAffinity(channels, **kw)
         self.pairwise_fusion = PairwiseFusion() if (cross_task and self.use_pairwise) else None
@@ -558,10 +600,10 @@ class CrossTaskAffinity(nn.Module):
                     pair = _DenseRows(pair.rows(0, n))
             u_ct = self._fuse_unary(u_seg_ref, u_sal_ref) if (u_seg_ref is not None and u_sal_ref is not None) else None
             shared = AffinityContext((h, w), b, device, pair, u_ct, **ctx_kw)
-            return AffinityOutput(seg_out, sal_out, shared, shared)
+            return AffinityOutput(seg_out, sal_out, shared, shared, self.seg.refine_gate, self.sal.refine_gate)
         seg_ctx = AffinityContext((h, w), b, device, seg_rows, u_seg_ref, **ctx_kw)
         sal_ctx = AffinityContext((h, w), b, device, sal_rows, u_sal_ref, **ctx_kw)
-        return AffinityOutput(seg_out, sal_out, seg_ctx, sal_ctx)
+        return AffinityOutput(seg_out, sal_out, seg_ctx, sal_ctx, self.seg.refine_gate, self.sal.refine_gate)
 
     @staticmethod
     def refine(output: AffinityOutput, seg_logits: Tensor, sal_logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -578,8 +620,12 @@ class CrossTaskAffinity(nn.Module):
         ctx = output.seg_context
         if ctx is output.sal_context and not ctx.has_pairwise and ctx.unary is None:
             return seg_logits, sal_logits  # mode "none": R = L
+        seg_scale, sal_scale = output.seg_unary_scale, output.sal_unary_scale
         if ctx is output.sal_context and seg_logits.dtype == sal_logits.dtype:
             k = seg_logits.shape[1]
-            refined = output.seg_context.refine(torch.cat([seg_logits, sal_logits], dim=1))
+            scale = None
+            if seg_scale is not None and sal_scale is not None:
+                scale = torch.cat([seg_scale.expand(k), sal_scale])  # per channel: γ_seg × K, γ_sal
+            refined = output.seg_context.refine(torch.cat([seg_logits, sal_logits], dim=1), scale)
             return refined[:, :k], refined[:, k:]
-        return output.seg_context.refine(seg_logits), output.sal_context.refine(sal_logits)
+        return output.seg_context.refine(seg_logits, seg_scale), output.sal_context.refine(sal_logits, sal_scale)

@@ -60,7 +60,7 @@ class AuxSegNet(nn.Module):
         cross_task: fuse seg/sal affinities for refinement and CAM propagation.
         head_channels: branch width (128).
         dilations: dilations of conv1, conv2, conv3 in each branch ((6, 12, 18)).
-        unary_fusion, whiten_pairwise, average_terms, unary_refinement, renormalize_rows, chunk_size: see
+        unary_fusion, whiten_pairwise, average_terms, unary_refinement, unary_gate, renormalize_rows, chunk_size: see
             :class:`~wsss_lightning.models.affinity.CrossTaskAffinity`.
     """
 
@@ -76,6 +76,7 @@ class AuxSegNet(nn.Module):
         whiten_pairwise: bool = False,
         average_terms: bool = False,
         unary_refinement: bool = True,
+        unary_gate: bool = False,
         renormalize_rows: bool = False,
         chunk_size: int = 4096,
     ) -> None:
@@ -96,6 +97,7 @@ class AuxSegNet(nn.Module):
             whiten_pairwise=whiten_pairwise,
             average_terms=average_terms,
             unary_refinement=unary_refinement,
+            unary_gate=unary_gate,
             renormalize_rows=renormalize_rows,
             chunk_size=chunk_size,
         )
