@@ -19,6 +19,7 @@ from wsss_lightning.pseudo.crf import (
     saliency_crf,
     saliency_unary,
 )
+from wsss_lightning.pseudo.dense_crf import PydenseCRF
 
 dcrf = pytest.importorskip("pydensecrf.densecrf")
 
@@ -206,3 +207,13 @@ def test_read_only_image_is_accepted() -> None:
     probs[1, :, 4:], probs[0, :, 4:] = 0.9, 0.1
     out = dense_crf(image, probs, "auxseg_inference")
     assert out.shape == (2, 6, 8) and np.allclose(out.sum(0), 1.0, atol=1e-5)
+
+
+def test_null_preset_from_the_command_line_means_no_crf() -> None:
+    """``--model.init_args.crf.init_args.labels null`` reaches the backend as the string "None": no CRF, no error."""
+    for spelling in (None, "None", "null", " NULL "):
+        crf = PydenseCRF(inference="ssnet", saliency=spelling, labels=spelling)
+        assert crf.labels is None and crf.saliency is None
+    assert PydenseCRF(labels="ssnet").labels == CRF_PRESETS["ssnet"]
+    with pytest.raises(ValueError, match="nonexistent"):
+        PydenseCRF(labels="nonexistent")

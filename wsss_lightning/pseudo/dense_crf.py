@@ -41,7 +41,10 @@ Preset = str | CRFParams
 
 
 def _resolve(preset: Preset | None) -> CRFParams | None:
-    return None if preset is None else get_crf_params(preset)
+    # jsonargparse hands ``--...labels null`` on the command line to ``str | CRFParams | None`` as the string "None"
+    if preset is None or (isinstance(preset, str) and preset.strip().lower() in ("none", "null")):
+        return None
+    return get_crf_params(preset)
 
 
 class DenseCRF(ABC):
