@@ -351,3 +351,20 @@ def test_dilated_densenet_argument_errors() -> None:
         DilatedDenseNet("densenet121", output_stride=32)
     with pytest.raises(ValueError, match="not a timm DenseNet"):
         DilatedDenseNet("resnet18")
+
+
+def test_stage2_aspp_dilations_scale_with_the_map() -> None:
+    """Scaled dilations keep the head's reach on small maps; on a 16×16 map dilation 24 sees the centre tap only."""
+    model = SSNetStage2(backbone="test_resnet", aspp_dilations=(3, 6, 9, 12)).eval()
+    assert [conv.dilation for conv in model.aspp] == [(3, 3), (6, 6), (9, 9), (12, 12)]
+    assert [conv.padding for conv in model.aspp] == [(3, 3), (6, 6), (9, 9), (12, 12)]
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 128, 128))
+    assert out.coarse_logits.shape == (1, 21, 16, 16)
+    # Why the demo scales them: a dilation-24 3×3 conv on a 16×16 map equals its centre tap (a 1×1 conv).
+    conv = nn.Conv2d(4, 2, 3, padding=24, dilation=24)
+    x = torch.randn(1, 4, 16, 16)
+    centre = F.conv2d(x, conv.weight[:, :, 1:2, 1:2], conv.bias)
+    torch.testing.assert_close(conv(x), centre)
+    with pytest.raises(ValueError, match="aspp_dilations"):
+        SSNetStage2(backbone="test_resnet", aspp_dilations=(0, 6))

@@ -16,6 +16,7 @@ input size works (for 256×256 inputs the pool is the identity and the result eq
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -276,6 +277,9 @@ class SSNetStage2(_SSNetBase):
 
     Args: as :class:`SSNetStage1`; non-DenseNet timm backbones must take ``output_stride=8``. With
     ``fixed_input_size`` the SAM kernel is ``fixed_input_size / 8`` (``256`` -> 32, official) and no pool is used.
+    ``aspp_dilations``: the four branches' dilations (official ``(6, 12, 18, 24)`` for 256-px inputs, i.e. 32×32
+    maps). On smaller inputs scale them with the map: on a 16×16 map (128 px) dilations 18 and 24 reach no
+    neighbour at all and those branches are 1×1 convs, so the demo uses ``(3, 6, 9, 12)``.
 
     Input: ``(B, 3, H, W)`` ImageNet-normalised images. Output: :class:`SSNetOutput` with ``coarse_logits``
     ``(B, C, ~H/8, ~W/8)`` and ``cls_logits`` ``(B, C)``.
@@ -288,15 +292,18 @@ class SSNetStage2(_SSNetBase):
         pretrained: bool = False,
         checkpoint_path: str | Path | None = None,
         fixed_input_size: int | None = None,
+        aspp_dilations: Sequence[int] = STAGE2_DILATIONS,
     ) -> None:
         super().__init__(num_classes, fixed_input_size, output_stride=8)
+        if len(aspp_dilations) < 1 or any(int(d) < 1 for d in aspp_dilations):
+            raise ValueError(f"aspp_dilations must be positive integers, got {list(aspp_dilations)}")
         self.backbone = build_ssnet_backbone(backbone, 8, pretrained=pretrained, checkpoint_path=checkpoint_path)
         strides = tuple(self.backbone.feature_strides)
         if strides[-1] != 8:
             raise ValueError(f"backbone '{backbone}' gives feature strides {list(strides)}; SSNet stage 2 needs 8")
         channels = int(self.backbone.feature_channels[-1])
         self.aspp = nn.ModuleList(
-            nn.Conv2d(channels, num_classes, kernel_size=3, padding=d, dilation=d) for d in STAGE2_DILATIONS
+            nn.Conv2d(channels, num_classes, kernel_size=3, padding=int(d), dilation=int(d)) for d in aspp_dilations
         )
         self.up8 = nn.ConvTranspose2d(num_classes, num_classes, kernel_size=16, stride=8, padding=4)
         self.sam = SaliencyAggregation(channels, num_classes, self.sam_kernel_size, adaptive=fixed_input_size is None)
