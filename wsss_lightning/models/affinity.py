@@ -299,17 +299,13 @@ class AffinityContext:
 class AffinityOutput:
     """Result of :class:`CrossTaskAffinity`: enhanced features ``F'_t`` ``(B, C, h, w)`` and each task's context.
 
-    With ``cross_task=True`` ``seg_context is sal_context`` (one ``A_CT`` / ``u_CT``). ``seg_unary_scale`` /
-    ``sal_unary_scale`` are each task's learned gate ``γ_t`` ``(1,)`` of the unary refinement term (``unary_gate``),
-    else None (γ = 1).
+    With ``cross_task=True`` ``seg_context is sal_context`` (one ``A_CT`` / ``u_CT``).
     """
 
     seg_features: Tensor
     sal_features: Tensor
     seg_context: AffinityContext
     sal_context: AffinityContext
-    seg_unary_scale: Tensor | None = None
-    sal_unary_scale: Tensor | None = None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -527,7 +523,6 @@ class CrossTaskAffinity(nn.Module):
         self.unary_fusion_mode = unary_fusion
         self.average_terms = average_terms
         self.unary_refinement = unary_refinement
-        self.unary_gate = unary_gate
         self.renormalize_rows = renormalize_rows
         self.chunk_size = chunk_size
         self.use_pairwise = mode in ("pairwise", "dual")
@@ -600,14 +595,15 @@ class CrossTaskAffinity(nn.Module):
                     pair = _DenseRows(pair.rows(0, n))
             u_ct = self._fuse_unary(u_seg_ref, u_sal_ref) if (u_seg_ref is not None and u_sal_ref is not None) else None
             shared = AffinityContext((h, w), b, device, pair, u_ct, **ctx_kw)
-            return AffinityOutput(seg_out, sal_out, shared, shared, self.seg.refine_gate, self.sal.refine_gate)
+            return AffinityOutput(seg_out, sal_out, shared, shared)
         seg_ctx = AffinityContext((h, w), b, device, seg_rows, u_seg_ref, **ctx_kw)
         sal_ctx = AffinityContext((h, w), b, device, sal_rows, u_sal_ref, **ctx_kw)
-        return AffinityOutput(seg_out, sal_out, seg_ctx, sal_ctx, self.seg.refine_gate, self.sal.refine_gate)
+        return AffinityOutput(seg_out, sal_out, seg_ctx, sal_ctx)
 
-    @staticmethod
-    def refine(output: AffinityOutput, seg_logits: Tensor, sal_logits: Tensor) -> tuple[Tensor, Tensor]:
+    def refine(self, output: AffinityOutput, seg_logits: Tensor, sal_logits: Tensor) -> tuple[Tensor, Tensor]:
         """Refine both tasks' logits; a shared (cross-task) context is applied in one pass over its rows.
+
+        With ``unary_gate`` each task's unary term is scaled by its ``refine_gate``.
 
         Args:
             output: the forward result.
@@ -620,7 +616,7 @@ class CrossTaskAffinity(nn.Module):
         ctx = output.seg_context
         if ctx is output.sal_context and not ctx.has_pairwise and ctx.unary is None:
             return seg_logits, sal_logits  # mode "none": R = L
-        seg_scale, sal_scale = output.seg_unary_scale, output.sal_unary_scale
+        seg_scale, sal_scale = self.seg.refine_gate, self.sal.refine_gate
         if ctx is output.sal_context and seg_logits.dtype == sal_logits.dtype:
             k = seg_logits.shape[1]
             scale = None

@@ -278,8 +278,8 @@ class SSNetStage2(_SSNetBase):
     Args: as :class:`SSNetStage1`; non-DenseNet timm backbones must take ``output_stride=8``. With
     ``fixed_input_size`` the SAM kernel is ``fixed_input_size / 8`` (``256`` -> 32, official) and no pool is used.
     ``aspp_dilations``: the four branches' dilations (official ``(6, 12, 18, 24)`` for 256-px inputs, i.e. 32×32
-    maps). On smaller inputs scale them with the map: on a 16×16 map (128 px) dilations 18 and 24 reach no
-    neighbour at all and those branches are 1×1 convs, so the demo uses ``(3, 6, 9, 12)``.
+    maps). On a 16×16 map (128 px) dilations 18 and 24 reach no neighbour and those branches are 1×1 convs;
+    ``(3, 6, 9, 12)`` scales them with the map (measured to tie the official head on the demo, which keeps it).
 
     Input: ``(B, 3, H, W)`` ImageNet-normalised images. Output: :class:`SSNetOutput` with ``coarse_logits``
     ``(B, C, ~H/8, ~W/8)`` and ``cls_logits`` ``(B, C)``.
