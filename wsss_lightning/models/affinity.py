@@ -490,7 +490,8 @@ class CrossTaskAffinity(nn.Module):
             feature block).
         unary_gate: scale each task's unary context (in ``F'_t`` and in ``R_t``) by learned scalars initialised at 0
             (:class:`TaskAffinity` ``gate``): the module starts as the pairwise-only AuxSegNet and learns how much
-            unary context to add.
+            unary context to add. Off here (the plain DNL reading); every AuxSegNet+ config turns it on, the reading
+            that measured best (docs/results.md).
         renormalize_rows: ablation — re-normalise ``A_CT`` rows (and ``u_CT``) to sum to 1; cross-task only.
         chunk_size: query rows per block in chunked (no-grad, N > chunk_size) mode.
 
