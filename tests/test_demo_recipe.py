@@ -4,7 +4,7 @@ The recipe of ``configs/demo_auxseg.yaml`` as shipped (packaged ImageNet Efficie
 label refreshes) on the default demo dataset, exactly as `make demo` fits it (no logger). The initial labels must
 hold foreground for at least 80 % of the images (the classifier fires for the images' own classes), and the label
 set after the last stage must beat the initial one — labels that improve stage by stage, not only a run that ends.
-About 6-8 minutes on 2 CPU cores (docs/results.md: 51.0 -> 53.2 -> 55.7 mIoU for seed 0).
+About 6-8 minutes on 2 CPU cores (docs/results.md: 49.3 -> 52.8 -> 55.0 mIoU for seed 0).
 """
 
 from __future__ import annotations
