@@ -80,6 +80,20 @@ def test_parameter_groups_have_the_head_multiplier_and_skip_frozen_parameters():
     assert groups["classifier"]["lr"] == pytest.approx(1.0) and groups["heads"]["lr"] == pytest.approx(0.1)
 
 
+def test_adam_option_keeps_the_groups_and_multipliers_and_rejects_unknown_optimisers():
+    module = _module(optimizer="adam", lr=1e-3, head_lr_mult=2.0, classifier_lr_mult=4.0, adam_betas=(0.8, 0.99))
+    config = module.configure_optimizers()
+    optimizer = config["optimizer"]
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert optimizer.defaults["betas"] == (0.8, 0.99) and optimizer.defaults["weight_decay"] == 0.0
+    groups = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert groups == pytest.approx({"backbone": 1e-3, "heads": 2e-3, "classifier": 4e-3})
+    assert isinstance(config["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.LambdaLR)  # the same poly
+    assert isinstance(_module().configure_optimizers()["optimizer"], torch.optim.SGD)  # the method's default
+    with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adam'"):
+        _module(optimizer="adamw")
+
+
 def test_poly_schedule_restarts_at_every_stage():
     module = _module(poly_power=0.9)
     module.lr_segment_steps = lambda: 100  # a stage of 100 optimiser steps

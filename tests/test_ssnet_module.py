@@ -206,6 +206,42 @@ def test_first_network_two_trains_stage_two_from_callback_stage_zero() -> None:
         module.enter_stage(1, 0, None, reset_optimizer=False)
 
 
+def test_stage2_init_stage1_copies_the_trained_backbone_once_at_a_fresh_switch() -> None:
+    module = _module(stage2_init="stage1")
+    with torch.no_grad():
+        for parameter in module.stage1.backbone.parameters():
+            parameter.add_(1.0)  # "trained": differs from the stage-2 backbone's initialisation
+    head_before = {k: v.clone() for k, v in module.stage2.state_dict().items() if not k.startswith("backbone.")}
+    first = next(iter(module.stage1.backbone.state_dict()))  # the stem's first conv weight
+    module.enter_stage(1, 100, None, reset_optimizer=False)  # a resumed stage 2 keeps its own weights
+    assert not torch.equal(module.stage2.backbone.state_dict()[first], module.stage1.backbone.state_dict()[first])
+    module.enter_stage(1, 100, None, reset_optimizer=True)  # the fresh switch copies
+    stage1, stage2 = module.stage1.backbone.state_dict(), module.stage2.backbone.state_dict()
+    assert stage1.keys() == stage2.keys() and all(torch.equal(stage1[k], stage2[k]) for k in stage1)
+    assert stage2[first].data_ptr() != stage1[first].data_ptr()  # a copy, not shared
+    after = module.stage2.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in head_before.items())  # the heads start fresh
+    plain = _module()  # the code: stage 2 starts from its own (ImageNet) initialisation
+    before = {k: v.clone() for k, v in plain.stage2.backbone.state_dict().items()}
+    with torch.no_grad():
+        next(plain.stage1.backbone.parameters()).add_(1.0)
+    plain.enter_stage(1, 100, None, reset_optimizer=True)
+    assert all(torch.equal(plain.stage2.backbone.state_dict()[k], v) for k, v in before.items())
+    with pytest.raises(ValueError, match="stage2_init must be"):
+        _module(stage2_init="imagenet")
+
+
+def test_stage2_init_stage1_names_the_fix_when_the_backbones_differ() -> None:
+    torch.manual_seed(0)
+    module = SSNetModule(
+        SSNetStage1(NUM_CLASSES, backbone="test_resnet"),
+        SSNetStage2(NUM_CLASSES, backbone="test_efficientnet"),
+        num_classes=NUM_CLASSES, eval_input_size=64, label_image_size=64, stage2_init="stage1",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="same backbone in both stages"):
+        module.enter_stage(1, 0, None, reset_optimizer=True)
+
+
 @pytest.mark.parametrize("reset", [True, False])
 def test_reset_on_decay_clears_adams_state_at_each_decay(demo: Path, tmp_path: Path, reset: bool) -> None:
     module = _module(stage1_decay_steps=2, reset_on_decay=reset)

@@ -66,6 +66,10 @@ class AuxSegNetModule(WSSSModule):
             linear classifier on a pretrained backbone learns like a linear probe, at a far higher rate than
             the backbone tolerates (docs/results.md: the demo recipe's choice).
         momentum, weight_decay, nesterov: SGD (code-effective 0 / 0; paper-intended 0.9 / 1e-5).
+        optimizer: ``sgd`` (the method, §2.10) or ``adam`` (Adam with ``adam_betas`` and ``weight_decay``, the same
+            parameter groups, multipliers and poly schedule; a measured option for short CPU schedules that train
+            the whole backbone: docs/results.md).
+        adam_betas: Adam's betas (0.9, 0.999).
         poly_power: poly schedule exponent (0.9).
         saliency_threshold: binarisation of the saliency pseudo-label inside the loss (0.5).
         cam_scales, cam_flip: multi-scale CAM protocol of the initial labels (PSA: 1, 0.5, 1.5, 2 with flip).
@@ -109,6 +113,8 @@ class AuxSegNetModule(WSSSModule):
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         nesterov: bool = False,
+        optimizer: Literal["sgd", "adam"] = "sgd",
+        adam_betas: tuple[float, float] = (0.9, 0.999),
         poly_power: float = 0.9,
         saliency_threshold: float = 0.5,
         cam_scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
@@ -130,6 +136,8 @@ class AuxSegNetModule(WSSSModule):
             raise ValueError(f"refresh_cam_norm must be 'before' or 'after', got {refresh_cam_norm!r}")
         if refresh_saliency not in ("update", "mean", "given"):
             raise ValueError(f"refresh_saliency must be 'update', 'mean' or 'given', got {refresh_saliency!r}")
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
         self.save_hyperparameters(ignore=["network", "crf"])
         self.network = build_network(network, num_classes)
         self.phase: Phase = "multitask"
@@ -178,13 +186,19 @@ class AuxSegNetModule(WSSSModule):
             {"params": [p for p in groups[name] if p.requires_grad], "lr": hp.lr * mult, "name": name}
             for name, mult in multipliers.items()
         ]
-        optimizer = torch.optim.SGD(
-            [g for g in param_groups if g["params"]],
-            lr=hp.lr,
-            momentum=hp.momentum,
-            weight_decay=hp.weight_decay,
-            nesterov=hp.nesterov and hp.momentum > 0,
-        )
+        groups_with_params = [g for g in param_groups if g["params"]]
+        optimizer: torch.optim.Optimizer
+        if hp.optimizer == "adam":
+            betas = (float(hp.adam_betas[0]), float(hp.adam_betas[1]))
+            optimizer = torch.optim.Adam(groups_with_params, lr=hp.lr, betas=betas, weight_decay=hp.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(
+                groups_with_params,
+                lr=hp.lr,
+                momentum=hp.momentum,
+                weight_decay=hp.weight_decay,
+                nesterov=hp.nesterov and hp.momentum > 0,
+            )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.poly_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -98,6 +98,11 @@ class SSNetModule(WSSSModule):
         label_seed: base seed of the copies' augmentation.
         first_network: the network the callback's stage 0 trains: 1 (the whole method) or 2 (stage 2 only, on a
             label set already on disk: ``initial_labels: given``, see ``configs/voc_ssnet_stage2_from_labels.yaml``).
+        stage2_init: what the stage-2 backbone starts from when stage 2 begins after stage 1 in the same run:
+            ``pretrained`` (the code: a fresh ImageNet network, stage-1 weights are not loaded) or ``stage1`` (the
+            trained stage-1 backbone's weights, copied once at the switch; the two backbones must have the same
+            parameters, e.g. the same timm model at output strides 16 and 8). A measured deviation for short
+            schedules (docs/results.md); the heads start fresh either way.
         crf: the run's dense CRF; its ``labels`` preset refines the label synthesis (``ssnet``: 3/3, 80/13/10,
             5 iterations; None: plain argmax) and its ``inference`` preset the ``ss_crf`` test mode (``ssnet``).
         collapse_check, collapse_min_std: the saliency-collapse guard (``modules/collapse.py``): at every training
@@ -136,6 +141,7 @@ class SSNetModule(WSSSModule):
         label_mask_mode: MaskMode = "zero",
         label_seed: int = 0,
         first_network: Literal[1, 2] = 1,
+        stage2_init: Literal["pretrained", "stage1"] = "pretrained",
         crf: DenseCRF | None = None,
         collapse_check: Literal["error", "warn", "off"] = "error",
         collapse_min_std: float = 0.01,
@@ -149,6 +155,8 @@ class SSNetModule(WSSSModule):
             raise ValueError(f"saliency_loss must be 'linear' or 'log', got {saliency_loss!r}")
         if first_network not in (1, 2):
             raise ValueError(f"first_network must be 1 or 2, got {first_network!r}")
+        if stage2_init not in ("pretrained", "stage1"):
+            raise ValueError(f"stage2_init must be 'pretrained' or 'stage1', got {stage2_init!r}")
         if label_mask_mode not in ("zero", "neg_inf"):
             raise ValueError(f"label_mask_mode must be 'zero' or 'neg_inf', got {label_mask_mode!r}")
         self.save_hyperparameters(ignore=["stage1", "stage2", "crf"])
@@ -175,10 +183,30 @@ class SSNetModule(WSSSModule):
                 f"SSNet has two networks: callback stage {stage} with first_network={self.hparams.first_network} "
                 f"would train network {network}. Use num_stages: 2 (from stage 1) or 1 (first_network: 2)"
             )
+        if (
+            network == 2
+            and reset_optimizer
+            and self.hparams.first_network == 1
+            and self.hparams.stage2_init == "stage1"
+        ):
+            # only at a fresh switch (a resumed stage 2 keeps its own trained backbone)
+            self._copy_stage1_backbone()
         # Before super(): the base re-evaluates the lr with `lr_factor`, which reads the active network's rule.
         self.active_network.fill_(network)
         super().enter_stage(stage, start_step, epochs, reset_optimizer)
         self._last_reset_step = start_step
+
+    def _copy_stage1_backbone(self) -> None:
+        """``stage2_init: stage1``: load the trained stage-1 backbone's weights into the stage-2 backbone."""
+        source, target = self.stage1.backbone.state_dict(), self.stage2.backbone
+        try:
+            target.load_state_dict(source)
+        except RuntimeError as error:
+            raise ValueError(
+                "stage2_init: stage1 needs the same backbone in both stages (the same parameters); these differ "
+                f"({error}). Use the same backbone name in model.stage1 and model.stage2, or stage2_init: pretrained"
+            ) from error
+        log.info("stage 2 starts from the stage-1 backbone's weights (stage2_init: stage1)")
 
     def refresh_kind(self, stage: int) -> str:
         return LABEL_KIND
