@@ -231,15 +231,16 @@ def test_stage2_init_stage1_copies_the_trained_backbone_once_at_a_fresh_switch()
         _module(stage2_init="imagenet")
 
 
-def test_stage2_init_stage1_names_the_fix_when_the_backbones_differ() -> None:
+def test_stage2_init_stage1_names_the_fix_when_the_backbones_differ_before_training() -> None:
     torch.manual_seed(0)
-    module = SSNetModule(
+    networks = (
         SSNetStage1(NUM_CLASSES, backbone="test_resnet"),
         SSNetStage2(NUM_CLASSES, backbone="test_efficientnet"),
-        num_classes=NUM_CLASSES, eval_input_size=64, label_image_size=64, stage2_init="stage1",
-    )  # fmt: skip
+    )
+    options = dict(num_classes=NUM_CLASSES, eval_input_size=64, label_image_size=64)
     with pytest.raises(ValueError, match="same backbone in both stages"):
-        module.enter_stage(1, 0, None, reset_optimizer=True)
+        SSNetModule(*networks, stage2_init="stage1", **options)  # at construction, not after stage 1 trained
+    SSNetModule(*networks, stage2_init="stage1", first_network=2, **options)  # stage 2 only: nothing to copy
 
 
 @pytest.mark.parametrize("reset", [True, False])

@@ -189,7 +189,7 @@ class AuxSegNetModule(WSSSModule):
         groups_with_params = [g for g in param_groups if g["params"]]
         optimizer: torch.optim.Optimizer
         if hp.optimizer == "adam":
-            betas = (float(hp.adam_betas[0]), float(hp.adam_betas[1]))
+            betas = tuple(hp.adam_betas)  # as SSNetModule: a YAML list becomes Adam's tuple
             optimizer = torch.optim.Adam(groups_with_params, lr=hp.lr, betas=betas, weight_decay=hp.weight_decay)
         else:
             optimizer = torch.optim.SGD(

@@ -162,6 +162,8 @@ class SSNetModule(WSSSModule):
         self.save_hyperparameters(ignore=["stage1", "stage2", "crf"])
         self.stage1 = build_network(stage1, num_classes)
         self.stage2 = build_network(stage2, num_classes)
+        if stage2_init == "stage1" and first_network == 1:
+            self._check_backbones_match()  # now, not after stage 1 has trained
         # Which network is active (1 or 2). A buffer, so `wsss test --ckpt_path` uses the network the
         # checkpoint was training, without the stage callback.
         self.register_buffer("active_network", torch.tensor(first_network, dtype=torch.int64))
@@ -196,16 +198,21 @@ class SSNetModule(WSSSModule):
         super().enter_stage(stage, start_step, epochs, reset_optimizer)
         self._last_reset_step = start_step
 
-    def _copy_stage1_backbone(self) -> None:
-        """``stage2_init: stage1``: load the trained stage-1 backbone's weights into the stage-2 backbone."""
-        source, target = self.stage1.backbone.state_dict(), self.stage2.backbone
-        try:
-            target.load_state_dict(source)
-        except RuntimeError as error:
+    def _check_backbones_match(self) -> None:
+        """``stage2_init: stage1`` copies the stage-1 backbone into stage 2: both need the same parameters."""
+        source = {k: v.shape for k, v in self.stage1.backbone.state_dict().items()}
+        target = {k: v.shape for k, v in self.stage2.backbone.state_dict().items()}
+        if source != target:
+            differ = sorted(set(source.items()) ^ set(target.items()))[:3]
             raise ValueError(
                 "stage2_init: stage1 needs the same backbone in both stages (the same parameters); these differ "
-                f"({error}). Use the same backbone name in model.stage1 and model.stage2, or stage2_init: pretrained"
-            ) from error
+                f"(first differences: {differ}). Use the same backbone name in model.stage1 and model.stage2, or "
+                "stage2_init: pretrained"
+            )
+
+    def _copy_stage1_backbone(self) -> None:
+        """``stage2_init: stage1``: load the trained stage-1 backbone's weights into the stage-2 backbone."""
+        self.stage2.backbone.load_state_dict(self.stage1.backbone.state_dict())
         log.info("stage 2 starts from the stage-1 backbone's weights (stage2_init: stage1)")
 
     def refresh_kind(self, stage: int) -> str:
