@@ -36,7 +36,7 @@ def test_sample_keys_dtypes_and_values(tiny_demo: Path) -> None:
     dataset = _dataset(tiny_demo)
     assert len(dataset) == 24 and dataset.ids == sorted(dataset.ids) and dataset.ids[0].startswith("2026_")
     sample = dataset[0]
-    assert set(sample) == {"image", "cls_label", "seg", "sal", "name", "ori_size", "index"}
+    assert set(sample) == {"image", "cls_label", "seg", "sal", "name", "ori_size", "full_size", "index"}
     name = sample["name"]
     image = read_image(tiny_demo / VOC / "JPEGImages" / f"{name}.jpg")
     height, width = image.shape[:2]

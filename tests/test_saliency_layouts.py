@@ -173,7 +173,7 @@ def test_saliency_dataset_samples(tmp_path: Path) -> None:
     write_grey_png(tmp_path / "gt" / "0001.png", soft)
     dataset = SaliencyDataset(tmp_path, "HKU-IS", num_classes=6)
     sample = dataset[0]
-    assert set(sample) == {"image", "sal", "seg", "cls_label", "name", "ori_size", "index", "source"}
+    assert set(sample) == {"image", "sal", "seg", "cls_label", "name", "ori_size", "full_size", "index", "source"}
     assert sample["image"].dtype == torch.float32 and sample["image"].shape == (3, 8, 10)
     assert sample["sal"].dtype == torch.float32 and sample["sal"].shape == (8, 10)
     assert sample["sal"].min() >= 0.0 and sample["sal"].max() <= 1.0

@@ -169,7 +169,8 @@ class WSSSTrainer(L.Trainer):
             step = load_weights(model, resolved)
         datamodule.setup("fit")
         options = LabelRunOptions(batch_size, num_workers, crf_workers, verify_checksums)
-        task = LabelSetTask(model, datamodule, label_set, kind, stage, label_config(model, kind, stage, step), options)
+        config = label_config(model, kind, stage, step, getattr(datamodule.hparams, "max_image_side", None))
+        task = LabelSetTask(model, datamodule, label_set, kind, stage, config, options)
         # one item per rank: the task's single predict step runs the whole (sharded) set
         carrier = torch.utils.data.DataLoader(
             list(range(self.world_size)), batch_size=1, generator=torch.Generator().manual_seed(0)

@@ -246,7 +246,8 @@ class PseudoLabelRefresh(Callback):
         }  # fmt: skip
         if save_checkpoint:  # not when resuming: the checkpoint we resumed from already holds this state
             self._save_refresh_checkpoint(trainer)
-        config = {**label_config(pl_module, kind, stage, trainer.global_step), "run_id": self.run_id}
+        max_side = getattr(getattr(trainer.datamodule, "hparams", None), "max_image_side", None)
+        config = {**label_config(pl_module, kind, stage, trainer.global_step, max_side), "run_id": self.run_id}
         options = LabelRunOptions(
             batch_size=self.batch_size,
             num_workers=self.num_workers,

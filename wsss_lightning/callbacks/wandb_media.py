@@ -42,6 +42,7 @@ from wsss_lightning.data.datamodule import WSSSDataModule
 from wsss_lightning.data.io import read_image, read_label, read_saliency
 from wsss_lightning.data.palette import IGNORE_INDEX
 from wsss_lightning.data.transforms import normalize_image
+from wsss_lightning.data.working_size import resize_labels, resize_saliency
 from wsss_lightning.modules.base import WSSSModule
 from wsss_lightning.modules.protocol import LabelSetListener
 from wsss_lightning.pseudo.label_set import LabelSet
@@ -450,8 +451,14 @@ class WandbMedia(Callback, LabelSetListener):
                     gt = read_label(files["gt"]) if "gt" in files else None
                 if "sal" in files:
                     updated = read_saliency(files["sal"]).astype(np.float32) / 255.0
+            # under a working resolution the image is shrunk while GT and label files keep the file's size
+            shape = image.shape[:2]
+            gt = None if gt is None else resize_labels(gt, shape)
+            pseudo = None if pseudo is None else resize_labels(pseudo, shape)
+            updated = None if updated is None else resize_saliency(updated, shape)
             prediction, maps = self._model_outputs(pl_module, image, cls_label)
             offshelf = None if "images" in files else self._offshelf_saliency(datamodule, name)
+            offshelf = None if offshelf is None else resize_saliency(offshelf, shape)
             present = [int(k) for k in np.flatnonzero(np.asarray(cls_label) > 0)]
             panel = build_panel(
                 name, image, class_names, present, gt, prediction, pseudo, maps, offshelf, updated,

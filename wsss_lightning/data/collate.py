@@ -15,20 +15,23 @@ PAD_VALUES = {"image": 0.0, "seg": 255, "sal": IGNORE_SALIENCY, "raw": 0}
 
 
 def pad_collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack samples of different sizes by padding bottom/right to the largest H and W of the batch.
+    """Stack samples of different sizes by padding bottom/right to the largest H and W of the batch, per key.
 
     Padding: image 0 (the mean colour after normalisation), ``seg`` 255, ``sal`` 255 (both ignored),
-    ``raw`` 0. ``ori_size`` keeps each sample's true size so outputs can be cropped back before scoring.
+    ``raw`` 0. ``ori_size`` keeps each sample's true size so outputs can be cropped back before scoring. Each
+    key pads to its own largest size: under a working resolution an evaluation ``seg`` keeps the file's size
+    while its image is shrunk (``data/working_size.py``).
     """
-    height = max(int(s["image"].shape[-2]) for s in samples)
-    width = max(int(s["image"].shape[-1]) for s in samples)
     batch: dict[str, Any] = {}
     for key in samples[0]:
         values = [s[key] for s in samples]
         if key in PAD_VALUES:
+            spatial = (0, 1) if key == "raw" else (-2, -1)  # raw is (H, W, 3), the rest (..., H, W)
+            height = max(int(v.shape[spatial[0]]) for v in values)
+            width = max(int(v.shape[spatial[1]]) for v in values)
             padded = []
             for value in values:
-                if key == "raw":  # (H, W, 3)
+                if key == "raw":
                     pad = (0, 0, 0, width - value.shape[1], 0, height - value.shape[0])
                 else:
                     pad = (0, width - value.shape[-1], 0, height - value.shape[-2])

@@ -81,6 +81,11 @@ class WSSSDataModule(L.LightningDataModule):
         crop_size, scale_range, scale_mode, flip, color_jitter, seg_pad_value, sal_pad_value: augmentation
             (``scale_mode="batch"`` draws one scale per batch as the official AuxSegNet code; ``seg_pad_value``
             0 reproduces its background padding, 255 ignores padding).
+        max_image_side: the working resolution: every image (training, label updates, evaluation, prediction,
+            the saliency sets) is shrunk so its long side is at most this many pixels before anything else, and
+            what is written or scored is mapped back to the file's size (``data/working_size.py``). It keeps a
+            recipe's crop-to-image ratio on larger photographs (the CPU demo's 128-px crops of 128–176 px images);
+            None (the paper configs) keeps the files' sizes.
         saliency_train_root / saliency_train_name: DUTS-TR for joint training (SSNet).
         saliency_val_sets / saliency_test_sets: ``{name: root}`` of saliency sets scored at val / test.
         predict_dir: folder of images for ``wsss predict``.
@@ -120,6 +125,7 @@ class WSSSDataModule(L.LightningDataModule):
         color_jitter: tuple[float, float, float, float] | None = None,
         seg_pad_value: int = 255,
         sal_pad_value: float = 255.0,
+        max_image_side: int | None = None,
         saliency_train_root: str | None = None,
         saliency_train_name: str = "DUTS-TR",
         saliency_val_sets: dict[str, str] | None = None,
@@ -147,6 +153,8 @@ class WSSSDataModule(L.LightningDataModule):
                 class_names = list(default_class_names(num_classes))
         if num_classes is not None and num_classes != len(class_names):
             raise ValueError(f"num_classes={num_classes} but {len(class_names)} class_names were given")
+        if max_image_side is not None and max_image_side < 1:
+            raise ValueError(f"max_image_side must be a positive number of pixels or null, got {max_image_side}")
         self.class_names: list[str] = list(class_names)
         self.num_classes: int = len(self.class_names)
         # The label set training reads (the stage callback's current set, or a given one); None: the folders
@@ -307,6 +315,7 @@ class WSSSDataModule(L.LightningDataModule):
             sal_required=sal_dir is not None,
             transform=transform,
             defer_transform=hp.scale_mode == "batch" and isinstance(transform, ScaleCropFlip),
+            max_side=hp.max_image_side,
         )
 
     def label_set_dataset(self) -> SegmentationDataset:
@@ -344,6 +353,8 @@ class WSSSDataModule(L.LightningDataModule):
             labels=ImageLabels("masks", self.num_classes, self.class_names, mask_dir=gt_dir),
             seg_dir=gt_dir,
             seg_required=True,
+            max_side=self.hparams.max_image_side,
+            full_size_seg=True,  # predictions are scored at the file's size
         )
 
     def refresh_dataset(self) -> SegmentationDataset:
@@ -360,11 +371,18 @@ class WSSSDataModule(L.LightningDataModule):
             sal_dir=saliency,
             sal_required=saliency is not None,
             return_raw=True,
+            max_side=self.hparams.max_image_side,  # labels are fused small and written at full size
         )
 
     def saliency_dataset(self, name: str, root: str, train: bool = False) -> SaliencyDataset:
         transform = self._train_transform() if train else None
-        return SaliencyDataset(self.path(root) or root, name=name, transform=transform, num_classes=self.num_classes)
+        return SaliencyDataset(
+            self.path(root) or root,
+            name=name,
+            transform=transform,
+            num_classes=self.num_classes,
+            max_side=self.hparams.max_image_side,
+        )
 
     def predict_dataset(self) -> Dataset:
         if self.hparams.predict_dir is None:
@@ -376,7 +394,9 @@ class WSSSDataModule(L.LightningDataModule):
         if not images:
             raise DatasetError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         entries = [ListEntry(stem, folder, 0) for stem in images]
-        return SegmentationDataset(entries, folder, self.num_classes, return_raw=True)
+        return SegmentationDataset(
+            entries, folder, self.num_classes, return_raw=True, max_side=self.hparams.max_image_side, full_size_seg=True
+        )
 
     # ------------------------------------------------------------------------------------------ Lightning hooks
 

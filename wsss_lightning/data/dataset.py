@@ -6,7 +6,9 @@ A sample is a dict with the design's batch keys:
 * ``cls_label`` ``float32 (C-1,)`` multi-hot image-level label (no background entry);
 * ``seg``       ``uint8 (H, W)`` class indices (ground truth or pseudo-label), 255 = ignore / unknown;
 * ``sal``       ``float32 (H, W)`` saliency in [0, 1] (off-the-shelf map or pseudo-label), 255 = ignore;
-* ``name``      the image id; ``ori_size`` ``int64 (2,)`` = (H, W) of the file before any transform;
+* ``name``      the image id; ``ori_size`` ``int64 (2,)`` = (H, W) of the image before any augmentation (its
+  un-padded extent in an evaluation batch); ``full_size`` ``int64 (2,)`` = (H, W) of the file, which differs from
+  ``ori_size`` only when ``max_side`` shrank the image (``data/working_size.py``);
 * ``index``     position in the dataset; ``raw`` ``uint8 (H, W, 3)`` when ``return_raw`` (for the CRF).
 """
 
@@ -25,6 +27,7 @@ from wsss_lightning.data.labels import ImageLabels
 from wsss_lightning.data.sampling import SeededIndex
 from wsss_lightning.data.splits import ListEntry
 from wsss_lightning.data.transforms import IGNORE_SALIENCY, IMAGENET_MEAN, IMAGENET_STD, normalize_image
+from wsss_lightning.data.working_size import resize_labels, resize_saliency, shrink_image, working_size
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPEG", ".JPG", ".PNG", ".bmp")
 Transform = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -54,6 +57,10 @@ class SegmentationDataset(Dataset):
         defer_transform: return raw arrays and let a collate function augment the batch together
             (the official per-batch random scale).
         return_raw: add the unnormalised ``uint8`` image as ``raw`` (for CRFs).
+        max_side: shrink every image (and its saliency map) so its long side is at most this many pixels, before
+            any transform (``data/working_size.py``); None keeps the files' sizes.
+        full_size_seg: keep ``seg`` at the file's size under ``max_side`` (evaluation: predictions are scored at
+            full size); otherwise ``seg`` is shrunk with its image (training, label updates).
     """
 
     def __init__(
@@ -69,6 +76,8 @@ class SegmentationDataset(Dataset):
         transform: Transform | None = None,
         defer_transform: bool = False,
         return_raw: bool = False,
+        max_side: int | None = None,
+        full_size_seg: bool = False,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
@@ -83,6 +92,10 @@ class SegmentationDataset(Dataset):
         self.transform = transform
         self.defer_transform = defer_transform
         self.return_raw = return_raw
+        if max_side is not None and max_side < 1:
+            raise ValueError(f"max_side must be a positive number of pixels or None, got {max_side}")
+        self.max_side = max_side
+        self.full_size_seg = full_size_seg
         self.mean = tuple(mean)
         self.std = tuple(std)
 
@@ -130,13 +143,20 @@ class SegmentationDataset(Dataset):
             self._check_size(grey, image.shape[:2], image_path, sal_path)
             sal = grey.astype(np.float32) / 255.0
         cls_label = self.labels.get(entry.id) if self.labels is not None else np.zeros(self.num_classes - 1, np.float32)
+        size = working_size(height, width, self.max_side)
+        if size != (height, width):  # checked at the files' size above; shrunk for the network here
+            image = shrink_image(image, size)
+            sal = resize_saliency(sal, size)
+            if not self.full_size_seg:
+                seg = resize_labels(seg, size)
         return {
             "image": image,
             "seg": seg,
             "sal": sal,
             "cls_label": cls_label,
             "name": entry.id,
-            "ori_size": (height, width),
+            "ori_size": size,
+            "full_size": (height, width),
             "index": index,
         }
 
@@ -166,6 +186,7 @@ class SegmentationDataset(Dataset):
             "sal": torch.from_numpy(np.ascontiguousarray(arrays["sal"], dtype=np.float32)),
             "name": arrays["name"],
             "ori_size": torch.tensor(arrays["ori_size"], dtype=torch.int64),
+            "full_size": torch.tensor(arrays.get("full_size", arrays["ori_size"]), dtype=torch.int64),
             "index": arrays["index"],
         }
         if self.return_raw:

@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from wsss_lightning.data.io import IMAGE_EXTENSIONS, DatasetError, list_images, read_image, read_saliency
 from wsss_lightning.data.sampling import SeededIndex
 from wsss_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_image
+from wsss_lightning.data.working_size import resize_saliency, shrink_image, working_size
 
 PUBLISHED_LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
     # the archive's folder, its parent, or a DUTS/ folder holding both archives
@@ -150,7 +151,8 @@ class SaliencyDataset(Dataset):
     """Image + binary saliency ground truth pairs of one salient-object dataset.
 
     Samples: ``image`` float32 (3,H,W) normalised; ``sal`` float32 (H,W) GT in [0, 1] (grey/255; the metrics
-    binarise at 0.5, i.e. > 128 as pysodmetrics); ``name``; ``ori_size`` (H, W); ``index``; ``source``
+    binarise at 0.5, i.e. > 128 as pysodmetrics); ``name``; ``ori_size`` (H, W) of the image the network sees;
+    ``full_size`` (H, W) of the files; ``index``; ``source``
     ("sal/<name>"), plus zero ``cls_label`` and all-255 ``seg`` so saliency batches collate like VOC ones.
     """
 
@@ -164,13 +166,18 @@ class SaliencyDataset(Dataset):
         num_classes: int = 21,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
+        max_side: int | None = None,
     ) -> None:
+        """``max_side``: shrink each image so its long side is at most this many pixels (``data/working_size.py``);
+        without a transform (evaluation) the mask keeps the file's size and predictions are scored there, with
+        one (training) the mask is shrunk with its image."""
         self.name = canonical_name(name) if name else Path(root).name
         self.image_dir, self.mask_dir = resolve_layout(root, name, image_dir, mask_dir)
         self.pairs, self.images_without_mask = pair_files(self.image_dir, self.mask_dir)
         self.transform = transform
         self.num_classes = num_classes
         self.mean, self.std = mean, std
+        self.max_side = max_side
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -190,9 +197,14 @@ class SaliencyDataset(Dataset):
                 f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} but {image_path} is "
                 f"{image.shape[1]}x{image.shape[0]}; masks must have their image's size"
             )
-        height, width = image.shape[:2]
+        full_size = image.shape[:2]
         sal = mask.astype(np.float32) / 255.0
-        seg = np.full((height, width), 255, dtype=np.uint8)
+        height, width = working_size(*full_size, self.max_side)
+        if (height, width) != full_size:
+            image = shrink_image(image, (height, width))
+            if self.transform is not None:
+                sal = resize_saliency(sal, (height, width))
+        seg = np.full(sal.shape, 255, dtype=np.uint8)
         if self.transform is not None:
             image, seg, sal = self.transform(image, seg, sal, seed=seed)
         return {
@@ -202,6 +214,7 @@ class SaliencyDataset(Dataset):
             "cls_label": torch.zeros(self.num_classes - 1),
             "name": stem,
             "ori_size": torch.tensor((height, width), dtype=torch.int64),
+            "full_size": torch.tensor(full_size, dtype=torch.int64),
             "index": index,
             "source": f"sal/{self.name}",
         }

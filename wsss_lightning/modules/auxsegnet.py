@@ -270,6 +270,8 @@ class AuxSegNetModule(WSSSModule):
         hp = self.hparams
         images, labels = batch["image"], batch["cls_label"]
         sizes = batch["ori_size"].tolist()
+        # the files' sizes when a working resolution shrank the images: labels are written there
+        full_sizes = [tuple(size) for size in batch["full_size"].tolist()] if "full_size" in batch else None
         height, width = images.shape[-2:]
         present = labels > 0
         offshelf = batch["sal"].float()
@@ -324,6 +326,7 @@ class AuxSegNetModule(WSSSModule):
                     saliency_threshold=hp.fusion_saliency_threshold,
                     write_saliency=kind == "refined",
                     classes=tuple(int(c) + 1 for c in torch.nonzero(present[index]).flatten().tolist()),
+                    full_size=full_sizes[index] if full_sizes is not None else None,
                 )
             )
         return LabelBatch(jobs, extra_labels, cam_peaks=cam_peaks, present=present, affinity=affinity)

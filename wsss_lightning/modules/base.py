@@ -53,6 +53,26 @@ def _crop(tensor: Tensor, size: Sequence[int]) -> Tensor:
     return tensor[..., : int(size[0]), : int(size[1])]
 
 
+def _target_sizes(sizes: Tensor, full_sizes: Tensor | None) -> list[tuple[int, int]]:
+    """Per image, the size outputs are scored / written at: the file's (``full_size``) when given, else the input's."""
+    chosen = sizes if full_sizes is None else full_sizes
+    return [(int(h), int(w)) for h, w in chosen.tolist()]
+
+
+def _resize_bilinear(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """``(C, h, w)`` scores -> ``(C, H, W)`` (bilinear, as logits are upsampled); unchanged when the size matches."""
+    if tuple(maps.shape[-2:]) == size:
+        return maps
+    return F.interpolate(maps[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+
+
+def _resize_nearest(labels: Tensor, size: tuple[int, int]) -> Tensor:
+    """``(h, w)`` class indices -> ``(H, W)`` by nearest neighbour; unchanged when the size matches."""
+    if tuple(labels.shape[-2:]) == size:
+        return labels
+    return F.interpolate(labels[None, None].float(), size=size, mode="nearest")[0, 0].to(labels.dtype)
+
+
 class WSSSModule(L.LightningModule, ABC):
     """Base class: the method contract, evaluation in several inference modes, saliency scoring, result reports.
 
@@ -324,36 +344,59 @@ class WSSSModule(L.LightningModule, ABC):
         scales = self.eval_scales if mode.multiscale else (1.0,)
         return segmentation_probabilities(self.segmentation_logits, images, scales, mode.flip, self.scale_fusion)
 
-    def predict_labels(self, images: Tensor, sizes: Tensor, mode: InferenceMode, cache: dict | None = None):
-        """Label maps (one ``uint8`` tensor (h_i, w_i) per image, cropped to its true size) in ``mode``."""
+    def predict_labels(
+        self,
+        images: Tensor,
+        sizes: Tensor,
+        mode: InferenceMode,
+        cache: dict | None = None,
+        full_sizes: Tensor | None = None,
+    ):
+        """Label maps (one ``uint8`` tensor (h_i, w_i) per image, cropped to its true size) in ``mode``.
+
+        ``full_sizes`` ``(B, 2)``: the files' sizes when the images were shrunk to a working resolution
+        (``data/working_size.py``); the maps come back at those sizes: probabilities are upsampled bilinearly
+        before the argmax (as the logits are upsampled to the input), CRF labels (computed at the working size,
+        on the image the network saw) with nearest neighbour."""
         cache = {} if cache is None else cache
         if mode.base not in cache:
             cache[mode.base] = self._seg_probabilities(images, InferenceMode.parse(mode.base))
         probs = cache[mode.base]
+        targets = _target_sizes(sizes, full_sizes)
         if mode.crf:
-            return crf_refine(images, probs, sizes, self.crf)
-        return [_crop(p, size).argmax(0).to(torch.uint8) for p, size in zip(probs, sizes)]
+            labels = crf_refine(images, probs, sizes, self.crf)
+            return [_resize_nearest(label, target) for label, target in zip(labels, targets)]
+        return [
+            _resize_bilinear(_crop(p, size), target).argmax(0).to(torch.uint8)
+            for p, size, target in zip(probs, sizes, targets)
+        ]
 
-    def predict_saliency(self, images: Tensor, sizes: Tensor) -> list[Tensor]:
-        """Saliency maps in [0, 1], one float tensor (h_i, w_i) per image."""
+    def predict_saliency(self, images: Tensor, sizes: Tensor, full_sizes: Tensor | None = None) -> list[Tensor]:
+        """Saliency maps in [0, 1], one float tensor (h_i, w_i) per image (at ``full_sizes`` when given)."""
         probs = self.saliency_probabilities(images).float()
         probs = F.interpolate(probs, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        return [_crop(p, size).clamp(0, 1) for p, size in zip(probs, sizes)]
+        targets = _target_sizes(sizes, full_sizes)
+        return [
+            _resize_bilinear(_crop(p, size)[None], target)[0].clamp(0, 1)
+            for p, size, target in zip(probs, sizes, targets)
+        ]
 
     def _eval_step(self, batch: dict[str, Any], dataloader_idx: int, stage: str) -> None:
         names = self.loader_names(stage)
         name = names[dataloader_idx] if dataloader_idx < len(names) else f"loader{dataloader_idx}"
         images, sizes = batch["image"], batch["ori_size"]
+        full_sizes = batch.get("full_size")  # targets at the files' size (a working resolution shrank the images)
+        target_sizes = _target_sizes(sizes, full_sizes)
         if name.startswith("seg/"):
             cache: dict[str, Tensor] = {}
             for mode in self.modes(stage):
-                labels = self.predict_labels(images, sizes, mode, cache)
+                labels = self.predict_labels(images, sizes, mode, cache, full_sizes)
                 metric = self._metric(stage, name, mode)
-                for label, target, size in zip(labels, batch["seg"], sizes):
+                for label, target, size in zip(labels, batch["seg"], target_sizes):
                     metric.update(label.long(), _crop(target, size).long())
         elif self.parts.saliency:  # a method without saliency skips the saliency sets
-            maps = self.predict_saliency(images, sizes)
-            targets = [_crop(t, size) for t, size in zip(batch["sal"], sizes)]
+            maps = self.predict_saliency(images, sizes, full_sizes)
+            targets = [_crop(t, size) for t, size in zip(batch["sal"], target_sizes)]
             self._metric(stage, name).update(maps, targets)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -421,9 +464,11 @@ class WSSSModule(L.LightningModule, ABC):
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Any:
         """Per image: ``name``, ``label`` uint8 (H, W) class indices and, with a saliency part, ``saliency`` uint8
         (H, W) grey levels."""
-        sizes = batch["ori_size"]
-        labels = self.predict_labels(batch["image"], sizes, self.predict_inference)
-        saliency = self.predict_saliency(batch["image"], sizes) if self.parts.saliency else [None] * len(labels)
+        sizes, full_sizes = batch["ori_size"], batch.get("full_size")  # outputs at the files' size
+        labels = self.predict_labels(batch["image"], sizes, self.predict_inference, full_sizes=full_sizes)
+        saliency = (
+            self.predict_saliency(batch["image"], sizes, full_sizes) if self.parts.saliency else [None] * len(labels)
+        )
         return [
             {
                 "name": name,

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from wsss_lightning.data.io import atomic_write_bytes, grey_png_bytes, palette_png_bytes
+from wsss_lightning.data.working_size import resize_labels, resize_scores
 from wsss_lightning.pseudo.dense_crf import DenseCRF
 from wsss_lightning.pseudo.fusion import CAM_THRESHOLD, SALIENCY_THRESHOLD, fuse_peak_saliency
 from wsss_lightning.pseudo.health import label_statistics
@@ -42,6 +43,9 @@ class FusionJob:
             (initial labels, §2.7; or a device CRF that already ran in the main process).
         write_saliency: also write the (CRF-refined) saliency as the next stage's saliency pseudo-label.
         classes: the image-level classes (1..C-1), for the label's health statistics.
+        full_size: ``(H, W)`` of the image file when the maps above are at a smaller working resolution
+            (``data/working_size.py``): the (CRF-refined) saliency and the CAM peak are upsampled bilinearly, the
+            peak class by nearest neighbour, and the label is fused and written at the file's size.
     """
 
     name: str
@@ -55,6 +59,7 @@ class FusionJob:
     saliency_threshold: float = SALIENCY_THRESHOLD
     write_saliency: bool = False
     classes: tuple[int, ...] = ()
+    full_size: tuple[int, int] | None = None
 
 
 def run_fusion_job(job: FusionJob) -> dict:
@@ -63,7 +68,12 @@ def run_fusion_job(job: FusionJob) -> dict:
         if job.image is None:
             raise ValueError(f"{job.name}: the saliency CRF needs the image")
         saliency = np.asarray(job.crf.refine_saliency(job.image, np.clip(saliency, 0.0, 1.0)), dtype=np.float32)
-    label = fuse_peak_saliency(job.peak, job.peak_class, saliency, job.cam_threshold, job.saliency_threshold)
+    peak, peak_class = job.peak, job.peak_class
+    if job.full_size is not None and tuple(job.full_size) != saliency.shape:
+        size = (int(job.full_size[0]), int(job.full_size[1]))
+        saliency = np.clip(resize_scores(saliency, size), 0.0, 1.0)
+        peak, peak_class = resize_scores(peak, size), resize_labels(peak_class, size)
+    label = fuse_peak_saliency(peak, peak_class, saliency, job.cam_threshold, job.saliency_threshold)
     out_dir = Path(job.out_dir)
     files = dict([_write(out_dir, "seg", job.name, palette_png_bytes(label))])
     if job.write_saliency:
