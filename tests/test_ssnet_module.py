@@ -536,8 +536,11 @@ def test_wsss_fit_then_test_writes_segmentation_and_saliency_results(demo: Path,
 def test_two_process_ddp_runs_both_stages(demo: Path, tmp_path: Path) -> None:
     """Plain DDP (no find_unused_parameters): the inactive network stays in the graph with a zero-weighted term."""
     config = _cli_config(demo, tmp_path)
+    # 24 images at batch 8 = 3 batches, so 6 of the 12 DUTS-TR pairs a epoch (joint_epoch: segmentation): the ranks
+    # split an EpochSubset
     command = [sys.executable, "-m", "wsss_lightning.cli", "fit", "--config", str(config), "--trainer.devices", "2",
-               "--trainer.strategy", "ddp"]  # fmt: skip
+               "--trainer.strategy", "ddp", "--data.init_args.batch_size", "8",
+               "--data.init_args.saliency_batch_size", "2"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(CONFIGS.parent)}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -36,7 +36,13 @@ from wsss_lightning.data.io import IMAGE_EXTENSIONS, DatasetError, list_images
 from wsss_lightning.data.labels import AugmentedCopyLabels, ImageLabels, LabelSourceName
 from wsss_lightning.data.palette import COCO_CLASSES, VOC_CLASSES, default_class_names
 from wsss_lightning.data.saliency import SaliencyDataset, canonical_name
-from wsss_lightning.data.sampling import EpochSampler, ResumableDataLoader, SeededBatchSampler, global_seed
+from wsss_lightning.data.sampling import (
+    EpochSampler,
+    EpochSubset,
+    ResumableDataLoader,
+    SeededBatchSampler,
+    global_seed,
+)
 from wsss_lightning.data.splits import ListEntry, read_id_list, resolve_split_file
 from wsss_lightning.data.transforms import ResizeOnly, RotateCropResize, ScaleCropFlip
 from wsss_lightning.pseudo.label_set import LabelSet
@@ -87,6 +93,11 @@ class WSSSDataModule(L.LightningDataModule):
             recipe's crop-to-image ratio on larger photographs (the CPU demo's 128-px crops of 128–176 px images);
             None (the paper configs) keeps the files' sizes.
         saliency_train_root / saliency_train_name: DUTS-TR for joint training (SSNet).
+        joint_epoch: how long an epoch of joint training is: ``longest`` (Lightning's ``max_size_cycle``: until the
+            longer loader is through, the shorter one cycling) or ``segmentation`` (one pass over the segmentation
+            set; the saliency loader draws as many batches, from a fresh random subset of the saliency set each
+            epoch, ``data/sampling.py`` ``EpochSubset``). They differ only when the saliency set is the longer: a
+            recipe measured in steps per epoch (the SSNet demo) keeps its schedule next to the full DUTS-TR.
         saliency_val_sets / saliency_test_sets: ``{name: root}`` of saliency sets scored at val / test.
         predict_dir: folder of images for ``wsss predict``.
         batch_size, saliency_batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers: loaders.
@@ -128,6 +139,7 @@ class WSSSDataModule(L.LightningDataModule):
         max_image_side: int | None = None,
         saliency_train_root: str | None = None,
         saliency_train_name: str = "DUTS-TR",
+        joint_epoch: Literal["longest", "segmentation"] = "longest",
         saliency_val_sets: dict[str, str] | None = None,
         saliency_test_sets: dict[str, str] | None = None,
         predict_dir: str | None = None,
@@ -457,6 +469,10 @@ class WSSSDataModule(L.LightningDataModule):
             return seg_loader
         saliency = self.saliency_dataset(self.hparams.saliency_train_name, self.hparams.saliency_train_root, True)
         sal_batch = self.hparams.saliency_batch_size or self.hparams.batch_size
+        if self.hparams.joint_epoch == "segmentation":  # as many saliency batches as segmentation ones
+            needed = (len(dataset) // self.hparams.batch_size) * sal_batch
+            if 0 < needed < len(saliency):
+                saliency = EpochSubset(saliency, needed)
         sal_loader = self._train_loader(saliency, sal_batch)
         return CombinedLoader({"seg": seg_loader, "sal": sal_loader}, mode="max_size_cycle")
 
