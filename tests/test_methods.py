@@ -27,6 +27,7 @@ from wsss_lightning.models import AuxSegNet, AuxSegNetPlus, TimmBackbone
 from wsss_lightning.models.ssnet import SSNetStage1, SSNetStage2
 from wsss_lightning.modules import AuxSegNetModule, SSNetModule
 from wsss_lightning.modules.base import WSSSModule
+from wsss_lightning.modules.inference import InferenceMode
 from wsss_lightning.modules.protocol import LabelBatch, MethodParts
 from wsss_lightning.pseudo.health import HealthPolicy
 from wsss_lightning.pseudo.jobs import run_label_job
@@ -102,6 +103,22 @@ class BaseMethodTester:
         assert ("refined_cam" in maps) == module.parts.affinity
         for value in maps.values():
             assert value.shape[0] == 2 and value.shape[-2:] == (SIZE, SIZE)
+
+    def test_class_gate_follows_the_classifier_part(self) -> None:
+        module = self._module().eval()
+        images = torch.randn(2, 3, SIZE, SIZE)
+        sizes = torch.tensor([[SIZE, SIZE]] * 2)
+        if not module.parts.classifier:
+            with pytest.raises(NotImplementedError):
+                module.class_presence(images)
+            return
+        with torch.no_grad():
+            presence = module.class_presence(images)
+            assert presence.shape == (2, NUM_CLASSES - 1) and 0 <= float(presence.min()) <= float(presence.max()) <= 1
+            module.class_gate_threshold = 1.0  # only each image's top class survives the gate
+            labels = module.predict_labels(images, sizes, InferenceMode.parse("ss_gate"))
+        for label, scores in zip(labels, presence):
+            assert set(label.unique().tolist()) <= {0, int(scores.argmax()) + 1}
 
     def test_label_batches_write_the_declared_layout(self, tiny_demo: Path, tmp_path: Path) -> None:
         module = self._module().eval()

@@ -96,7 +96,7 @@ class AuxSegNetModule(WSSSModule):
             ``compile``, ``compile_backend``; under ``bf16-mixed`` the affinity softmaxes still run in float32).
     """
 
-    parts = MethodParts(saliency=True, cam=True, affinity=True)
+    parts = MethodParts(saliency=True, cam=True, affinity=True, classifier=True)
 
     def __init__(
         self,
@@ -221,6 +221,10 @@ class AuxSegNetModule(WSSSModule):
 
     def saliency_probabilities(self, images: Tensor) -> Tensor:
         return torch.sigmoid(self.network(self.prepare_images(images)).sal_refined.float())
+
+    def class_presence(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` -> ``(B, C-1)`` sigmoid of the multi-label classifier (the ``L_cls`` head), in [0, 1]."""
+        return torch.sigmoid(self.network(self.prepare_images(images)).cls_logits.float())
 
     @torch.no_grad()
     def visualize(self, images: Tensor, cls_label: Tensor) -> dict[str, Tensor]:

@@ -32,7 +32,13 @@ from torch import Tensor, nn
 from wsss_lightning.data.datamodule import WSSSDataModule
 from wsss_lightning.data.palette import default_class_names
 from wsss_lightning.metrics import SaliencyMetrics, SegmentationIoU
-from wsss_lightning.modules.inference import InferenceMode, ScaleFusion, crf_refine, segmentation_probabilities
+from wsss_lightning.modules.inference import (
+    InferenceMode,
+    ScaleFusion,
+    crf_refine,
+    gate_absent_classes,
+    segmentation_probabilities,
+)
 from wsss_lightning.modules.nonfinite import batch_ids, check_finite
 from wsss_lightning.modules.protocol import LabelBatch, MethodParts
 from wsss_lightning.modules.rng import capture_rng_states, restore_rng_states
@@ -82,8 +88,10 @@ class WSSSModule(L.LightningModule, ABC):
         crf: the run's dense CRF (``pseudo/dense_crf.py``): one object for the ``*_crf`` evaluation modes and the
             method's label CRFs; None = pydensecrf with the method's presets (``default_crf``).
         val_modes / test_modes: inference modes scored on the segmentation split (see ``modules/inference.py``):
-            ``ss``, ``ms``, ``ms_flip``, each optionally ``_crf``; default ``default_val_modes`` /
-            ``default_test_modes`` of the method.
+            ``ss``, ``ms``, ``ms_flip``, each optionally ``_gate`` and ``_crf``; default ``default_val_modes`` /
+            ``default_test_modes`` of the method. ``_gate`` needs a method with ``parts.classifier``.
+        class_gate_threshold: the ``_gate`` modes keep a foreground class where the network's image-level
+            classifier gives it at least this probability (and always each image's top class).
         eval_scales: scales of the multi-scale modes (AuxSegNet protocol: 0.5–1.5).
         scale_fusion: fuse scales by element-wise ``max`` (AuxSegNet author's code) or ``mean``.
         saliency_protocol: ``sod`` (pysodmetrics definitions) or ``ssnet`` (jsws, 21 thresholds).
@@ -112,6 +120,7 @@ class WSSSModule(L.LightningModule, ABC):
         scale_fusion: ScaleFusion = "max",
         saliency_protocol: str = "sod",
         predict_mode: str = "ss",
+        class_gate_threshold: float = 0.5,
         channels_last: bool = False,
         compile: bool = False,
         compile_backend: str = "inductor",
@@ -128,6 +137,15 @@ class WSSSModule(L.LightningModule, ABC):
         self.val_modes = [InferenceMode.parse(m) for m in (val_modes or self.default_val_modes)]
         self.test_modes = [InferenceMode.parse(m) for m in (test_modes or self.default_test_modes)]
         self.predict_inference = InferenceMode.parse(predict_mode)
+        gated = [m.name for m in [*self.val_modes, *self.test_modes, self.predict_inference] if m.gate]
+        if gated and not self.parts.classifier:
+            raise ValueError(
+                f"{type(self).__name__} has no image-level classifier for the class-gated modes {gated}; "
+                "drop '_gate' from val_modes / test_modes / predict_mode"
+            )
+        if not 0.0 <= class_gate_threshold <= 1.0:
+            raise ValueError(f"class_gate_threshold must lie in [0, 1], got {class_gate_threshold}")
+        self.class_gate_threshold = class_gate_threshold
         self.eval_scales = tuple(eval_scales or DEFAULT_SCALES)
         self.scale_fusion = scale_fusion
         self.saliency_protocol = saliency_protocol
@@ -155,6 +173,11 @@ class WSSSModule(L.LightningModule, ABC):
     def saliency_probabilities(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` -> ``(B, 1, h, w)`` saliency in [0, 1]; methods with ``parts.saliency`` implement it."""
         raise NotImplementedError(f"{type(self).__name__} predicts no saliency (parts.saliency is False)")
+
+    def class_presence(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` -> ``(B, C-1)`` image-level foreground class probabilities in [0, 1]; methods with
+        ``parts.classifier`` implement it (the ``_gate`` inference modes)."""
+        raise NotImplementedError(f"{type(self).__name__} has no image-level classifier (parts.classifier is False)")
 
     def initial_label_kind(self) -> str:
         """The kind of the label set generated before stage 0 when the stage callback makes one (``initial_labels:
@@ -361,7 +384,12 @@ class WSSSModule(L.LightningModule, ABC):
         cache = {} if cache is None else cache
         if mode.base not in cache:
             cache[mode.base] = self._seg_probabilities(images, InferenceMode.parse(mode.base))
-        probs = cache[mode.base]
+        if mode.probabilities_key not in cache:  # the class gate on the shared probabilities
+            if "class_presence" not in cache:
+                cache["class_presence"] = self.class_presence(images).float()
+            presence = cache["class_presence"]
+            cache[mode.probabilities_key] = gate_absent_classes(cache[mode.base], presence, self.class_gate_threshold)
+        probs = cache[mode.probabilities_key]
         targets = _target_sizes(sizes, full_sizes)
         if mode.crf:
             labels = crf_refine(images, probs, sizes, self.crf)

@@ -1,7 +1,9 @@
 """Test-time inference protocols shared by the methods: single scale, multi-scale (+flip), + dense CRF.
 
 A *mode* is a string naming its parts: ``ss`` (single scale), ``ms`` (multi-scale), ``ms_flip``, and any of
-them with ``_crf`` (dense CRF on the fused probabilities). Multi-scale follows the AuxSegNet author's protocol
+them with ``_gate`` (classes the network's own multi-label classifier scores below a threshold are removed before
+the argmax; not in either paper, see :func:`gate_absent_classes`) and ``_crf`` (dense CRF on the fused
+probabilities). Multi-scale follows the AuxSegNet author's protocol
 (MCTformer ``seg/infer_seg.py``): resize the input bilinearly (align_corners=True), forward, upsample the
 logits to the input size, softmax, then fuse the scales element-wise by ``max`` (default) or ``mean``.
 """
@@ -32,19 +34,27 @@ class InferenceMode:
     multiscale: bool
     flip: bool
     crf: bool
+    gate: bool = False
 
     @classmethod
     def parse(cls, name: str) -> InferenceMode:
-        parts = set(name.split("_"))
-        unknown = parts - {"ss", "ms", "flip", "crf"}
-        if unknown or not parts & {"ss", "ms"}:
-            raise ValueError(f"unknown inference mode '{name}'; use ss, ss_flip, ms, ms_flip, with optional _crf")
-        return cls(name, "ms" in parts, "flip" in parts, "crf" in parts)
+        parts = name.split("_")
+        unknown = set(parts) - {"ss", "ms", "flip", "crf", "gate"}
+        if unknown or len(set(parts) & {"ss", "ms"}) != 1 or len(set(parts)) != len(parts):
+            raise ValueError(
+                f"unknown inference mode '{name}'; use ss, ss_flip, ms, ms_flip, each with optional _gate and _crf"
+            )
+        return cls(name, "ms" in parts, "flip" in parts, "crf" in parts, "gate" in parts)
 
     @property
     def base(self) -> str:
-        """The mode without CRF (its probabilities can be shared)."""
-        return self.name.replace("_crf", "")
+        """The mode without CRF and class gate (its probabilities are shared by the modes built on it)."""
+        return ("ms" if self.multiscale else "ss") + ("_flip" if self.flip else "")
+
+    @property
+    def probabilities_key(self) -> str:
+        """The mode without CRF: modes that differ only by the CRF share these probabilities."""
+        return self.base + ("_gate" if self.gate else "")
 
     @property
     def label(self) -> str:
@@ -52,6 +62,8 @@ class InferenceMode:
         text = "multi-scale" if self.multiscale else "single-scale"
         if self.flip:
             text += " + flip"
+        if self.gate:
+            text += " + class gate"
         return text + (" + CRF" if self.crf else "")
 
 
@@ -89,6 +101,31 @@ def segmentation_probabilities(
                 fused += view
     assert fused is not None
     return fused if fusion == "max" else fused / count
+
+
+def gate_absent_classes(probs: Tensor, presence: Tensor, threshold: float) -> Tensor:
+    """Zero the probabilities of the foreground classes the image-level classifier calls absent.
+
+    Image-level labels are what the network was trained to predict best, and test-time class confusion is the
+    largest loss of a weakly supervised segmenter (docs/results.md, "Inference: the class gate"). Background is
+    always kept, and so is each image's highest-scoring class (a VOC image holds at least one object), so no image
+    loses every foreground class.
+
+    Args:
+        probs: ``(B, C, H, W)`` class probabilities (background first), in [0, 1].
+        presence: ``(B, C-1)`` classifier probabilities of the foreground classes, in [0, 1].
+        threshold: a class is kept where ``presence >= threshold``.
+
+    Returns:
+        ``(B, C, H, W)``: ``probs`` with the removed classes' maps set to 0 (not renormalised: the argmax and
+        the CRF, which renormalises, need no more).
+    """
+    if presence.shape != (probs.shape[0], probs.shape[1] - 1):
+        raise ValueError(f"presence {tuple(presence.shape)} does not match probabilities {tuple(probs.shape)}")
+    keep = presence >= threshold
+    keep[torch.arange(len(presence), device=presence.device), presence.argmax(1)] = True
+    keep = torch.cat([torch.ones_like(keep[:, :1]), keep], dim=1).to(probs.dtype)
+    return probs * keep[:, :, None, None]
 
 
 def crf_refine(

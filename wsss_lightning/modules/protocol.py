@@ -17,7 +17,9 @@ Optional parts, declared in ``parts`` (:class:`MethodParts`) so callers know wit
 * ``saliency`` — ``saliency_probabilities(images)`` ``(B, 1, h, w)`` in [0, 1] (scored on saliency test sets,
   written by ``wsss predict``, drawn in panels);
 * ``cam`` — ``visualize()`` returns class activation maps ``cam``;
-* ``affinity`` — ``visualize()`` also returns the affinity-propagated ``refined_cam``.
+* ``affinity`` — ``visualize()`` also returns the affinity-propagated ``refined_cam``;
+* ``classifier`` — ``class_presence(images)`` ``(B, C-1)`` image-level class probabilities in [0, 1] (the
+  ``_gate`` inference modes).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class MethodParts:
     saliency: bool = True
     cam: bool = True
     affinity: bool = False
+    classifier: bool = False
 
 
 @dataclass
