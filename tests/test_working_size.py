@@ -192,3 +192,19 @@ def test_ssnet_runs_both_stages_and_tests_at_a_working_resolution(tiny_demo: Pat
     assert copies and all(read_label(path).shape == (32, 32) for path in copies[:4])
     results = trainer.test(module, datamodule=data, verbose=False)[0]
     assert 0.0 <= results["test/mIoU"] <= 1.0 and 0.0 <= results["test/ECSSD/maxF"] <= 1.0
+
+
+def test_label_config_takes_the_working_resolution_from_the_datamodule() -> None:
+    from types import SimpleNamespace
+
+    from wsss_lightning.label_runner import label_config
+
+    method = SimpleNamespace(label_config=lambda kind: {"kind": kind}, crf=SimpleNamespace(describe=lambda: "crf"))
+    plain = label_config(method, "refined", 1, 10)
+    assert plain == {"kind": "refined", "crf": "crf", "stage": 1, "model_step": 10}
+    assert (
+        label_config(method, "refined", 1, 10, SimpleNamespace(hparams=SimpleNamespace(max_image_side=None))) == plain
+    )
+    small = label_config(method, "refined", 1, 10, SimpleNamespace(hparams=SimpleNamespace(max_image_side=176)))
+    assert small == {**plain, "max_image_side": 176}
+    assert label_config(method, "refined", 1, 10, object()) == plain  # a datamodule without the setting

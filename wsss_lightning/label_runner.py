@@ -85,11 +85,12 @@ def scored_ids(names: list[str], eval_ids: set[str] | None, gt_dir: Path | None)
     return {name for name in names if (gt_dir / f"{name}.png").is_file()}
 
 
-def label_config(
-    method: WSSSMethod, kind: str, stage: int, model_step: int, max_image_side: int | None = None
-) -> dict[str, Any]:
-    """Everything that determines a label set; its hash decides whether existing files are reused (a working
-    resolution enters only when one is set, so the sets of runs without it keep their hashes)."""
+def label_config(method: WSSSMethod, kind: str, stage: int, model_step: int, datamodule: Any = None) -> dict[str, Any]:
+    """Everything that determines a label set; its hash decides whether existing files are reused.
+
+    ``datamodule``'s working resolution (``hparams.max_image_side``) enters only when one is set, so the sets of
+    runs without it keep their hashes; a datamodule without that setting adds nothing."""
+    max_image_side = getattr(getattr(datamodule, "hparams", None), "max_image_side", None)
     config = {**method.label_config(kind), "crf": method.crf.describe(), "stage": stage, "model_step": model_step}
     if max_image_side is not None:
         config["max_image_side"] = int(max_image_side)

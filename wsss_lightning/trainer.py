@@ -169,7 +169,7 @@ class WSSSTrainer(L.Trainer):
             step = load_weights(model, resolved)
         datamodule.setup("fit")
         options = LabelRunOptions(batch_size, num_workers, crf_workers, verify_checksums)
-        config = label_config(model, kind, stage, step, getattr(datamodule.hparams, "max_image_side", None))
+        config = label_config(model, kind, stage, step, datamodule)
         task = LabelSetTask(model, datamodule, label_set, kind, stage, config, options)
         # one item per rank: the task's single predict step runs the whole (sharded) set
         carrier = torch.utils.data.DataLoader(

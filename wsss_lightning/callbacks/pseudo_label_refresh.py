@@ -246,8 +246,10 @@ class PseudoLabelRefresh(Callback):
         }  # fmt: skip
         if save_checkpoint:  # not when resuming: the checkpoint we resumed from already holds this state
             self._save_refresh_checkpoint(trainer)
-        max_side = getattr(getattr(trainer.datamodule, "hparams", None), "max_image_side", None)
-        config = {**label_config(pl_module, kind, stage, trainer.global_step, max_side), "run_id": self.run_id}
+        config = {
+            **label_config(pl_module, kind, stage, trainer.global_step, trainer.datamodule),
+            "run_id": self.run_id,
+        }
         options = LabelRunOptions(
             batch_size=self.batch_size,
             num_workers=self.num_workers,
