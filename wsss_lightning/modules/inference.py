@@ -106,10 +106,10 @@ def segmentation_probabilities(
 def gate_absent_classes(probs: Tensor, presence: Tensor, threshold: float) -> Tensor:
     """Zero the probabilities of the foreground classes the image-level classifier calls absent.
 
-    Image-level labels are what the network was trained to predict best, and test-time class confusion is the
-    largest loss of a weakly supervised segmenter (docs/results.md, "Inference: the class gate"). Background is
-    always kept, and so is each image's highest-scoring class (a VOC image holds at least one object), so no image
-    loses every foreground class.
+    Aimed at test-time class confusion, the largest loss of the demo network; on the demo it measured *worse*
+    than no gate with multi-scale and CRF (docs/results.md, "Inference: the class gate"), so no default mode uses
+    it. Background is always kept, and so is each image's highest-scoring class (a VOC image holds at least one
+    object), so no image loses every foreground class.
 
     Args:
         probs: ``(B, C, H, W)`` class probabilities (background first), in [0, 1].
