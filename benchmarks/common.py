@@ -28,17 +28,27 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def build_network(
-    backbone: str, num_classes: int = 21, affinity: str = "pairwise", chunk_size: int = 4096
+    backbone: str,
+    num_classes: int = 21,
+    affinity: str = "pairwise",
+    chunk_size: int = 4096,
+    dilated_conv: str = "native",
 ) -> nn.Module:
     """AuxSegNet (``affinity="pairwise"``) or AuxSegNet+ (``"dual"``) with random weights.
 
     ``backbone``: ``resnet38`` (the papers' ResNet-38, 104 M backbone parameters) or ``tiny`` (timm
     ``test_resnet``, for quick runs); head width 128 (the papers') for ResNet-38, 16 for ``tiny``.
+    ``dilated_conv``: ResNet-38's ``dilated_conv`` switch (``native`` | ``space_to_batch``); ``tiny`` ignores it.
     """
     from wsss_lightning.models import AuxSegNet, AuxSegNetPlus, ResNet38, TimmBackbone
 
     if backbone == "resnet38":
-        net_backbone: nn.Module = ResNet38(output_stride=8, freeze_bn=True, freeze_conv1a=True)
+        net_backbone: nn.Module = ResNet38(
+            output_stride=8,
+            freeze_bn=True,
+            freeze_conv1a=True,
+            dilated_conv=dilated_conv,  # type: ignore[arg-type]
+        )
         head = 128
     elif backbone == "tiny":
         net_backbone = TimmBackbone("test_resnet", output_stride=8)

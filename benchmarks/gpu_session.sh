@@ -6,12 +6,12 @@
 #   install   the carried wheels (albumentations, jsonargparse, timm, ...) + a pydensecrf2 build in the background
 #   train     benchmarks/train_step.py --device cuda, ResNet-38 321x321 batch 8, 3 warm-up + 10 steps, AuxSegNet
 #             (pairwise): bf16 + channels-last plain and Lightning in both orders (+ FLOPs), then each lever on its
-#             own: cudnn.benchmark, SGD foreach, SGD fused
+#             own: cudnn.benchmark, SGD foreach, SGD fused, dilated convs as space-to-batch, pinned memory
 #   crf       benchmarks/crf_torch.py --device cuda: torch CRF vs pydensecrf, agreement + speed at 500x375
 #   refresh   benchmarks/pseudo_refresh.py --device cuda --crf torch (ResNet-38, 500x375, pipelined batches)
 #   pytest    the gpu-marked tests (tests/test_crf_torch.py, tests/test_ddp_gpu.py: NCCL DDP fit -> refresh -> test)
 #   more      torch.compile lever, AuxSegNet+ (dual), fp32 with 20 steps (the periodic slow step), inference modes
-#             with the torch CRF, the refresh with pydensecrf workers
+#             with the torch CRF, the refresh with pydensecrf workers, CUDA graphs (compile mode reduce-overhead)
 #   summary   $OUT/gpu_session.json + gpu_session.md (benchmarks/gpu_session_summary.py, after every step)
 #
 # Outputs (at most 8 files come back from the device machine, so everything is bundled into four):
@@ -125,6 +125,10 @@ step train_lever_sgd_foreach 50 30 "${TRAIN[@]}" "${BF16CL[@]}" --affinity pairw
   --variants plain --json "$WORK/train_lever_sgd_foreach.json"
 step train_lever_sgd_fused 50 30 "${TRAIN[@]}" "${BF16CL[@]}" --affinity pairwise --sgd fused \
   --variants plain --json "$WORK/train_lever_sgd_fused.json"
+step train_lever_dilated_s2b 50 30 "${TRAIN[@]}" "${BF16CL[@]}" --affinity pairwise --dilated-conv space_to_batch \
+  --variants plain --json "$WORK/train_lever_dilated_s2b.json"
+step train_lever_pin_memory 50 30 "${TRAIN[@]}" "${BF16CL[@]}" --affinity pairwise --pin-memory \
+  --variants plain --json "$WORK/train_lever_pin_memory.json"
 
 # ------------------------------------------------------------------------------------------------ (c) CRF, (d) refresh
 while kill -0 "$PYDENSECRF_BUILD" 2>/dev/null && (($(elapsed) < BUDGET_S - 60)); do sleep 2; done
@@ -154,6 +158,8 @@ step inference_torch 60 30 "$PY" benchmarks/inference_modes.py --device cuda --c
   --modes ss,ss_crf,ms,ms_flip,ms_flip_crf --json "$WORK/inference_torch.json"
 step refresh_pydensecrf 60 35 "$PY" benchmarks/pseudo_refresh.py --device cuda --crf pydensecrf --images 16 \
   --configs 8x8+cl+bf16 --json "$WORK/refresh_pydensecrf.json"
+step train_lever_cuda_graphs 200 120 "${TRAIN[@]}" "${BF16CL[@]}" --affinity pairwise --compile \
+  --compile-mode reduce-overhead --variants plain --json "$WORK/train_lever_cuda_graphs.json"
 
 # ------------------------------------------------------------------------------------------------ (f) summary
 bundle

@@ -44,7 +44,10 @@ TRAIN_RUNS = {  # step name -> what it varies (bf16 + channels-last ResNet-38 pa
     "train_lever_cudnn_benchmark": "cudnn.benchmark (plain; Lightning benchmark=True)",
     "train_lever_sgd_foreach": "SGD foreach (plain)",
     "train_lever_sgd_fused": "SGD fused (plain)",
+    "train_lever_dilated_s2b": "dilated convs as dense convs on phase-split maps, space_to_batch (plain)",
+    "train_lever_pin_memory": "pinned memory + non_blocking copies (plain)",
     "train_lever_compile": "torch.compile of the network (plain)",
+    "train_lever_cuda_graphs": "torch.compile mode reduce-overhead = CUDA graphs (plain)",
     "train_dual_bf16_cl": "AuxSegNet+ (dual affinity)",
     "train_pairwise_fp32": "fp32 (TF32 convolutions), 20 steps: the periodic slow step",
 }
@@ -82,8 +85,8 @@ def train_summary(raw: dict[str, Any]) -> dict[str, Any]:
         by_kind.setdefault(_kind(name), []).append(v["images_per_s"])
     mean_images = {kind: sum(values) / len(values) for kind, values in by_kind.items()}
     out = {
-        "args": {
-            k: args[k]
+        "args": {  # .get: JSON files of earlier versions lack the newer switches
+            k: args.get(k)
             for k in (
                 "affinity",
                 "precision",
@@ -93,7 +96,10 @@ def train_summary(raw: dict[str, Any]) -> dict[str, Any]:
                 "warmup",
                 "cudnn_benchmark",
                 "compile",
+                "compile_mode",
                 "sgd",
+                "dilated_conv",
+                "pin_memory",
             )
         },  # fmt: skip
         "variants": variants,
@@ -199,7 +205,7 @@ def verdicts(s: dict[str, Any]) -> list[list[str]]:
                          "met" if max(share) >= 0.35 else "missed"])  # fmt: skip
     else:
         rows.append(["training ≥ 220 img/s bf16", "not measured (step failed or skipped)", "-"])
-    for name in ("lever_cudnn_benchmark", "lever_sgd_foreach", "lever_sgd_fused", "lever_compile"):
+    for name in (n.removeprefix("train_") for n in TRAIN_RUNS if n.startswith("train_lever_")):
         run = s["train"].get(name)
         if run and base and "plain" in run["mean_images_per_s"] and "plain" in base["mean_images_per_s"]:
             ratio = run["mean_images_per_s"]["plain"] / base["mean_images_per_s"]["plain"]

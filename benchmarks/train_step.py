@@ -13,6 +13,11 @@ Step time = wall time between the ends of consecutive steps (so data fetching, h
 all count); the first ``--warmup`` steps are excluded. The overhead is ``lightning / plain - 1``. Defaults: the
 papers' setting, ResNet-38 at 321×321, batch 4 (about 20 s a step on 2 CPU cores). ``--flops`` also counts the
 FLOPs of one step (forward + backward, ``torch.utils.flop_counter``) in the plain process, after the timing.
+
+Speed levers, each measured on its own (``benchmarks/gpu_session.sh`` runs them on a GPU): ``--cudnn-benchmark``,
+``--compile`` (``--compile-mode reduce-overhead`` = CUDA graphs), ``--sgd foreach|fused``, ``--pin-memory``,
+``--dilated-conv space_to_batch`` (ResNet-38's dilated convs as dense ones on phase-split maps), ``--channels-last``
+and ``--precision bf16-mixed``.
 """
 
 from __future__ import annotations
@@ -54,9 +59,10 @@ def _loss(net_out, batch) -> torch.Tensor:
 
 def _setup(args):
     torch.manual_seed(0)
-    net = build_network(args.backbone, affinity=args.affinity)
+    net = build_network(args.backbone, affinity=args.affinity, dilated_conv=args.dilated_conv)
     batches = training_batches(args.warmup + args.steps, args.batch_size, args.crop)
-    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
+    # --pin-memory: page-locked batches, so the (non_blocking) host-to-device copies overlap with compute.
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, pin_memory=args.pin_memory)
     return net, loader
 
 
@@ -89,7 +95,7 @@ def child_plain(args) -> dict:
         optimizer = torch.optim.SGD(optimizer.param_groups, **{args.sgd: True})
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, scheduler.lr_lambdas)
     if args.compile:
-        net.compile()
+        net.compile(mode=args.compile_mode)
     ends = [time.perf_counter()]
     for batch in loader:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -116,6 +122,15 @@ def child_plain(args) -> dict:
                 loss = _loss(net(batch["image"].contiguous(memory_format=memory_format)), batch)
             loss.backward()
         result["flops_per_step"] = counter.get_total_flops()
+        # Where the forward FLOPs go (the network's top-level parts): which levers can matter at all.
+        with torch.no_grad(), FlopCounterMode(display=False, depth=2) as counter, _autocast(args):
+            net(batch["image"].contiguous(memory_format=memory_format))
+        result["forward_flops_by_part"] = {
+            name.split(".", 1)[1]: sum(ops.values())
+            for name, ops in counter.get_flop_counts().items()
+            if name.count(".") == 1
+        }
+        result["forward_flops"] = counter.get_total_flops()
     return result
 
 
@@ -128,7 +143,9 @@ def child_lightning(args) -> dict:
     # Variants: "lightning", "lightning-cl" (channels-last switch), "lightning-bf16-cl" (+ bf16-mixed precision).
     channels_last = args.channels_last or args.child.endswith("-cl")
     precision = "bf16-mixed" if "bf16" in args.child else args.precision
-    module = AuxSegNetModule(net, lr=7e-4, channels_last=channels_last, compile=args.compile)
+    module = AuxSegNetModule(
+        net, lr=7e-4, channels_last=channels_last, compile=args.compile, compile_mode=args.compile_mode
+    )
     ends: list[float] = []
 
     class StepClock(L.Callback):
@@ -180,6 +197,21 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--compile", action="store_true", help="torch.compile the network (the module's compile switch)"
     )
     parser.add_argument(
+        "--compile-mode",
+        default=None,
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode with --compile (reduce-overhead = CUDA graphs; the module's compile_mode)",
+    )
+    parser.add_argument(
+        "--dilated-conv",
+        default="native",
+        choices=["native", "space_to_batch"],
+        help="ResNet-38's dilated 3x3 convs: native or as dense convs on phase-split maps (exact)",
+    )
+    parser.add_argument(
+        "--pin-memory", action="store_true", help="pinned DataLoader batches (copies are non_blocking either way)"
+    )
+    parser.add_argument(
         "--sgd", default="default", choices=["default", "foreach", "fused"], help="SGD kernel (plain loop)"
     )
     parser.add_argument(
@@ -204,6 +236,9 @@ def child_args(args: argparse.Namespace) -> list[str]:
     out += ["--flops"] if args.flops else []
     out += ["--cudnn-benchmark"] if args.cudnn_benchmark else []
     out += ["--compile"] if args.compile else []
+    out += ["--compile-mode", args.compile_mode] if args.compile_mode else []
+    out += ["--dilated-conv", args.dilated_conv]
+    out += ["--pin-memory"] if args.pin_memory else []
     out += ["--sgd", args.sgd]
     return out
 
@@ -258,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         summary["parameters"] = results["plain"]["parameters"]
         print(f"FLOPs (forward + backward): {per_image / 1e12:.3f} TFLOP per image; "
               f"{results['plain']['parameters'] / 1e6:.1f} M parameters")  # fmt: skip
+        forward = results["plain"]["forward_flops"]
+        summary["forward_flop_share"] = {k: v / forward for k, v in results["plain"]["forward_flops_by_part"].items()}
+        shares = ", ".join(f"{k} {100 * v:.2f} %" for k, v in summary["forward_flop_share"].items())
+        print(f"Forward FLOPs by part: {shares} of the forward FLOPs (parts the counter attributes)")
     write_json(args.json, {"args": vars(args), "results": results, "summary": summary, "parent": machine()})
     return 0
 

@@ -67,6 +67,10 @@ def test_summary_of_a_fake_session(tmp_path: Path) -> None:
     fused = _train_json(210.0, 200.0)
     fused["results"] = {"plain": fused["results"]["plain"]}
     (work / "train_lever_sgd_fused.json").write_text(json.dumps(fused))
+    s2b = _train_json(220.0, 200.0)
+    s2b["results"] = {"plain": s2b["results"]["plain"]}
+    del s2b["args"]["sgd"]  # a file of an older train_step.py lacks some switches: read as None
+    (work / "train_lever_dilated_s2b.json").write_text(json.dumps(s2b))
     agreement = {"equal_labels_min": 0.995, "equal_labels_mean": 0.998}
     crf = {"args": {"images": 8, "size": "500x375"},
            "results": {p: {"pydensecrf_images_per_s": 1.0, "torch_images_per_s": 50.0, "speedup": 50.0,
@@ -90,6 +94,10 @@ def test_summary_of_a_fake_session(tmp_path: Path) -> None:
     assert verdicts["Lightning within 3 % of plain"][1:] == ["+2.0 %", "met"]
     assert verdicts["lever: SGD fused (plain)"][2] == "1.050× the baseline plain loop"
     assert verdicts["lever: torch.compile of the network (plain)"][1] == "not measured"
+    s2b_row = verdicts["lever: dilated convs as dense convs on phase-split maps, space_to_batch (plain)"]
+    assert s2b_row[1:] == ["220.0 img/s", "1.100× the baseline plain loop"]
+    assert summary["train"]["lever_dilated_s2b"]["args"]["sgd"] is None
+    assert verdicts["lever: torch.compile mode reduce-overhead = CUDA graphs (plain)"][1] == "not measured"
     assert verdicts["refresh ≥ 20 img/s at 500×375 (official ≈ 2.1 img/s)"][1:] == ["25.0 img/s (torch CRF)",
                                                                                    "met, 11.8× official"]  # fmt: skip
     assert summary["pytest_gpu"]["tests.test_ddp_gpu::test_nccl"]["outcome"] == "passed"

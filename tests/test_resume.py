@@ -338,6 +338,59 @@ def test_nonfinite_gradients_and_batch_ids() -> None:
         check_finite(module, [torch.tensor([float("inf")])], "gradient", ["a", "b"])
 
 
+def test_step_check_names_loss_or_gradient() -> None:
+    from wsss_lightning.modules.nonfinite import NonFiniteLossError, check_step_finite
+
+    module, nan, inf = L.LightningModule(), torch.tensor(float("nan")), torch.tensor([float("inf")])
+    check_step_finite(module, [torch.tensor(1.0), torch.tensor(2.0)], [torch.ones(3)], ["a"])  # finite: nothing
+    check_step_finite(module, [], None, ["a"])  # nothing to check
+    with pytest.raises(NonFiniteLossError, match="loss is not finite .*batch ids: a"):
+        check_step_finite(module, [torch.tensor(1.0), nan], [torch.ones(3)], ["a"])  # one micro-batch of two
+    with pytest.raises(NonFiniteLossError, match="gradient is not finite"):
+        check_step_finite(module, [torch.tensor(1.0)], [torch.ones(2), inf], ["a"])
+    with pytest.raises(NonFiniteLossError, match="loss is not finite"):
+        check_step_finite(module, [nan], None, ["a"])  # under a GradScaler: the loss only
+
+
+def test_nan_guard_decides_once_per_optimizer_step(tmp_path: Path, monkeypatch) -> None:
+    """One host-device sync and one cross-rank decision per optimiser step (accumulating 2 micro-batches: every loss
+    is still checked), not one before each backward plus one before the step."""
+    from wsss_lightning.data.datamodule import WSSSDataModule
+    from wsss_lightning.models import AuxSegNetPlus, TimmBackbone
+    from wsss_lightning.modules import AuxSegNetModule, nonfinite
+
+    demo = tmp_path / "demo"
+    generate_demo(demo, seed=0, **{**TINY_SETTINGS, "num_train_aug": 8, "num_val": 2})
+    checked: list[int] = []
+    original = nonfinite.check_step_finite
+    monkeypatch.setattr(
+        "wsss_lightning.modules.base.check_step_finite",
+        lambda module, losses, grads, ids: (checked.append(len(losses)), original(module, losses, grads, ids)),
+    )  # fmt: skip
+    L.seed_everything(0)
+    network = AuxSegNetPlus(len(DEMO_CLASSES), TimmBackbone("test_resnet", output_stride=8), head_channels=8)
+    module = AuxSegNetModule(network, num_classes=len(DEMO_CLASSES), lr=0.01, cam_scales=(1.0,), test_modes=["ss"])
+    module.enter_stage(-1, 0, 1, reset_optimizer=False)
+    datamodule = WSSSDataModule(root=str(demo / "VOCdevkit" / "VOC2012"), dataset="voc", crop_size=32, batch_size=2,
+                                num_workers=0)  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, limit_train_batches=4, limit_val_batches=0, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+        accumulate_grad_batches=2,
+    )  # fmt: skip
+    decisions = {"n": 0}
+    reduce = trainer.strategy.reduce_boolean_decision
+    monkeypatch.setattr(
+        trainer.strategy, "reduce_boolean_decision",
+        lambda decision, all=True: (decisions.__setitem__("n", decisions["n"] + 1), reduce(decision, all))[1],
+    )  # fmt: skip
+    trainer.fit(module, datamodule)
+    assert trainer.global_step == 2
+    assert checked == [2, 2], "each optimiser step checks the losses of both micro-batches"
+    assert decisions["n"] == 2, "one cross-rank decision per optimiser step"
+    assert module._pending_losses == []
+
+
 @pytest.mark.slow
 def test_two_runs_of_one_seed_are_identical_even_under_cpu_load(demo, tmp_path):
     """Nothing depends on timing: data workers, the CRF pool and the label writes are ordered by seeds and names,

@@ -128,6 +128,15 @@ def test_compile_switch_compiles_in_place_and_keeps_checkpoint_keys() -> None:
     assert _module().configure_model() is None and _module().network._compiled_call_impl is None  # off by default
 
 
+def test_compile_mode_reaches_torch_compile_and_bad_modes_fail_early(monkeypatch) -> None:
+    calls: list[dict] = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: calls.append(kw))
+    _module(compile=True, compile_mode="reduce-overhead").configure_model()
+    assert calls == [{"backend": "inductor", "mode": "reduce-overhead"}]  # CUDA graphs on a GPU
+    with pytest.raises(ValueError, match="compile_mode must be one of"):
+        _module(compile=True, compile_mode="reduce_overhead")  # a typo fails at construction, not in the first step
+
+
 def test_bf16_autocast_training_step_stays_close_to_fp32() -> None:
     """bf16-mixed (as `--trainer.precision bf16-mixed` runs it): the affinity softmax over N runs in float32 and the
     loss stays near the fp32 one."""

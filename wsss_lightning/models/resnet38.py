@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsss_lightning.models.checkpoint import LoadReport, load_into, load_state_dict_file
+from wsss_lightning.models.dilated_conv import DilatedConvImpl, use_space_to_batch
 from wsss_lightning.models.mxnet_params import is_mxnet_params, read_mxnet_params, resnet38_state_from_mxnet
 
 __all__ = [
@@ -226,6 +227,9 @@ class ResNet38(nn.Module):
         weights_only: read ``checkpoint_path`` with ``torch.load(weights_only=True)``.
         frozen_blocks: further top-level blocks whose parameters get ``requires_grad=False``, e.g.
             ``("b2", "b2_1", "b2_2")`` for PSA's classification recipe (docs/method_notes.md §2.1).
+        dilated_conv: ``"native"`` (cuDNN's dilated kernels) or ``"space_to_batch"``: the seven dilated 3×3
+            convolutions of b5–b7 run as dense ones on phase-split maps (:mod:`wsss_lightning.models.dilated_conv`);
+            the same parameters and state-dict keys, the same outputs up to summation order; a GPU speed lever.
 
     Attributes:
         load_report: the :class:`LoadReport` of the constructor's checkpoint load, else ``None``. Its
@@ -246,8 +250,11 @@ class ResNet38(nn.Module):
         checkpoint_path: str | None = None,
         weights_only: bool = True,
         frozen_blocks: tuple[str, ...] = (),
+        dilated_conv: DilatedConvImpl = "native",
     ) -> None:
         super().__init__()
+        if dilated_conv not in ("native", "space_to_batch"):
+            raise ValueError(f"dilated_conv must be 'native' or 'space_to_batch', got {dilated_conv!r}")
         if output_stride not in (8, 16):
             raise ValueError(f"ResNet38 supports output_stride 8 or 16, got {output_stride}")
         # At stride 16, b5 downsamples and every later dilation halves, so receptive fields stay the same.
@@ -286,6 +293,9 @@ class ResNet38(nn.Module):
         if unknown:
             raise ValueError(f"frozen_blocks names no ResNet38 block: {unknown} (blocks are conv1a, b2 … b7, bn7)")
         self.frozen_blocks = tuple(frozen_blocks)
+        self.dilated_conv = dilated_conv
+        if dilated_conv == "space_to_batch":
+            use_space_to_batch(self)
 
         self.load_report: LoadReport | None = None
         if checkpoint_path is not None:

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from wsss_lightning.models import packaged_weights
 from wsss_lightning.models.checkpoint import LoadReport, load_into, load_state_dict_file
+from wsss_lightning.models.dilated_conv import DilatedConvImpl, use_space_to_batch
 from wsss_lightning.models.resnet38 import IMAGENET_MEAN, IMAGENET_STD, Normalization, freeze_batchnorm
 
 __all__ = ["Normalization", "TimmBackbone"]
@@ -74,6 +75,9 @@ class TimmBackbone(nn.Module):
             per RGB channel; the default is ImageNet's, what the data pipeline produces.
         model_mean, model_std: the normalisation the weights expect; ``None`` = timm's ``pretrained_cfg`` of
             ``name`` (falls back to the input's when timm has none). Set them for a checkpoint trained otherwise.
+        dilated_conv: ``"native"`` or ``"space_to_batch"``: the dilated convolutions that ``output_stride`` 8/16
+            creates run as dense ones on phase-split maps (:mod:`wsss_lightning.models.dilated_conv`; the same
+            parameters, keys and outputs), a GPU speed lever. Nothing to swap (stride 32) only warns.
 
     The input is re-normalised to ``model_mean/model_std`` first thing in ``forward`` when they differ from
     ``input_mean/input_std`` (e.g. ``tf_efficientnet_lite0`` and ``test_resnet``: 0.5/0.5); ImageNet models
@@ -109,10 +113,13 @@ class TimmBackbone(nn.Module):
         input_std: Sequence[float] = IMAGENET_STD,
         model_mean: Sequence[float] | None = None,
         model_std: Sequence[float] | None = None,
+        dilated_conv: DilatedConvImpl = "native",
     ) -> None:
         super().__init__()
         if output_stride not in SUPPORTED_OUTPUT_STRIDES:
             raise ValueError(f"output_stride must be one of {SUPPORTED_OUTPUT_STRIDES}, got {output_stride}")
+        if dilated_conv not in ("native", "space_to_batch"):
+            raise ValueError(f"dilated_conv must be 'native' or 'space_to_batch', got {dilated_conv!r}")
         self.name = name
         self.output_stride = output_stride
         self.freeze_bn = freeze_bn
@@ -126,6 +133,10 @@ class TimmBackbone(nn.Module):
         # Some timm feature nets emit NHWC (output_fmt); our contract is NCHW.
         self._channels_last = str(getattr(self.body, "output_fmt", "NCHW")).endswith("NHWC")
         self._check_strides(out_indices)
+        self.dilated_conv = dilated_conv
+        if dilated_conv == "space_to_batch" and use_space_to_batch(self.body) == 0:
+            log.warning("TimmBackbone('%s', output_stride=%d) has no dilated convolution to run as space-to-batch",
+                        name, output_stride)  # fmt: skip
 
         self.normalization = self._normalization(input_mean, input_std, model_mean, model_std)
         shape = (1, 3, 1, 1)

@@ -93,7 +93,8 @@ class AuxSegNetModule(WSSSModule):
             None: no CRF) and its ``inference`` preset the ``*_crf`` test modes (``auxseg_inference``).
         **kwargs: evaluation arguments and speed switches of :class:`WSSSModule` (``val_modes``, ``test_modes``,
             ``eval_scales``, ``scale_fusion``, ``saliency_protocol``, ``predict_mode``, ``channels_last``,
-            ``compile``, ``compile_backend``; under ``bf16-mixed`` the affinity softmaxes still run in float32).
+            ``compile``, ``compile_backend``, ``compile_mode``; under ``bf16-mixed`` the affinity softmaxes still run
+            in float32).
     """
 
     parts = MethodParts(saliency=True, cam=True, affinity=True, classifier=True)

@@ -39,7 +39,7 @@ from wsss_lightning.modules.inference import (
     gate_absent_classes,
     segmentation_probabilities,
 )
-from wsss_lightning.modules.nonfinite import batch_ids, check_finite
+from wsss_lightning.modules.nonfinite import batch_ids, check_step_finite
 from wsss_lightning.modules.protocol import LabelBatch, MethodParts
 from wsss_lightning.modules.rng import capture_rng_states, restore_rng_states
 from wsss_lightning.pseudo.dense_crf import DenseCRF, PydenseCRF
@@ -48,6 +48,8 @@ from wsss_lightning.pseudo.label_set import LabelLayout, LabelSet
 log = logging.getLogger(__name__)
 
 DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
+#: ``torch.compile`` modes the ``compile_mode`` switch accepts (None = the default mode).
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _key(name: str) -> str:
@@ -99,8 +101,10 @@ class WSSSModule(L.LightningModule, ABC):
         channels_last: store the networks' weights (and feed their images) in ``torch.channels_last`` memory
             format — faster convolutions under bf16 on recent GPUs and with oneDNN on CPUs; numbers unchanged.
         compile: ``torch.compile`` the networks (in place, ``nn.Module.compile``: checkpoint keys are unchanged)
-            with ``compile_backend`` when the model is configured. The first steps of each new input shape
-            are slow while it compiles.
+            with ``compile_backend`` and ``compile_mode`` when the model is configured. The first steps of each new
+            input shape are slow while it compiles.
+        compile_mode: ``torch.compile``'s ``mode``: None (``"default"``), ``"reduce-overhead"`` (CUDA graphs on a GPU:
+            fewer kernel launches, more memory), ``"max-autotune"`` or ``"max-autotune-no-cudagraphs"``.
     """
 
     #: the optional parts of the method (see ``modules/protocol.py``)
@@ -124,11 +128,15 @@ class WSSSModule(L.LightningModule, ABC):
         channels_last: bool = False,
         compile: bool = False,
         compile_backend: str = "inductor",
+        compile_mode: str | None = None,
     ) -> None:
         super().__init__()
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
         self.channels_last = channels_last
         self.compile = compile
         self.compile_backend = compile_backend
+        self.compile_mode = compile_mode
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else list(default_class_names(num_classes))
         if len(self.class_names) != num_classes:
@@ -159,6 +167,7 @@ class WSSSModule(L.LightningModule, ABC):
         self._train_batch_ids: list[str] = []
         self._rng_to_restore: dict[str, Any] | None = None
         self._lr_stale = False
+        self._pending_losses: list[Tensor] = []  # losses backpropagated since the last optimiser step (NaN guard)
 
     # ------------------------------------------------------------------------------------------ the contract
 
@@ -220,7 +229,7 @@ class WSSSModule(L.LightningModule, ABC):
             if self.channels_last:
                 module.to(memory_format=torch.channels_last)
             if self.compile and module._compiled_call_impl is None:
-                module.compile(backend=self.compile_backend)
+                module.compile(backend=self.compile_backend, mode=self.compile_mode)
 
     def prepare_images(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` images in the memory format the network runs in (channels-last when switched on)."""
@@ -300,17 +309,24 @@ class WSSSModule(L.LightningModule, ABC):
         # (every loader has its own generator, so nothing there draws from the global RNG).
         self._rng_to_restore = checkpoint.get("rng_states")
 
+    def on_train_epoch_start(self) -> None:
+        self._pending_losses = []
+
     def on_before_backward(self, loss: Tensor) -> None:
-        """Stop before a NaN/Inf loss reaches the weights (see ``modules/nonfinite.py``)."""
-        check_finite(self, loss, "loss", self._train_batch_ids)
+        """Keep the loss for the NaN/Inf check before the optimiser step (no host-device sync here)."""
+        self._pending_losses.append(loss.detach())
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Stop before NaN/Inf gradients reach the weights; skipped under a GradScaler, which skips such steps."""
+        """Stop before a NaN/Inf loss or gradient reaches the weights (see ``modules/nonfinite.py``): one check of
+        the losses since the last step and the gradients; under a GradScaler (which skips non-finite steps
+        itself) the losses only."""
         plugin = self.trainer.precision_plugin if self._trainer is not None else None
-        if isinstance(plugin, MixedPrecision) and plugin.scaler is not None:
-            return
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        check_finite(self, grads, "gradient", self._train_batch_ids)
+        scaled = isinstance(plugin, MixedPrecision) and plugin.scaler is not None
+        grads = None
+        if not scaled:
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        losses, self._pending_losses = self._pending_losses, []
+        check_step_finite(self, losses, grads, self._train_batch_ids)
 
     def lr_segment_steps(self) -> int:
         """Optimiser steps of the current schedule segment (a stage, or the whole run without stages)."""

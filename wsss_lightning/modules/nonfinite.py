@@ -2,8 +2,10 @@
 
 A non-finite loss must not reach the optimiser: one SGD step with NaN gradients turns every weight into NaN,
 and the next periodic ``last.ckpt`` would then overwrite the last good checkpoint with garbage. The module's
-``on_before_backward`` (loss) and ``on_before_optimizer_step`` (gradients) hooks call :func:`check_finite`
-*before* the weights change, so:
+``on_before_backward`` hook keeps the (detached) loss and ``on_before_optimizer_step`` checks the losses since the
+last step and the gradients together with :func:`check_step_finite`, *before* the weights change. One check per
+optimiser step: one host-device synchronisation and one cross-rank reduction (checking the loss before its backward
+as well would stall a GPU between forward and backward, and cost a second collective per step under DDP), so:
 
 * the decision is synchronised across ranks (all ranks stop together, none hangs in a collective);
 * the still-finite weights are saved to ``<checkpoint dir>/nonfinite-step<N>.ckpt`` for inspection (not a
@@ -78,7 +80,36 @@ def check_finite(module: L.LightningModule, tensors: Tensor | Iterable[Tensor], 
         ids: the image ids of the batch being trained on.
     """
     tensors = [tensors] if isinstance(tensors, Tensor) else list(tensors)
-    bad = not all_finite(tensors)
+    _stop_if_bad(module, not all_finite(tensors), what, ids)
+
+
+def check_step_finite(
+    module: L.LightningModule, losses: list[Tensor], grads: list[Tensor] | None, ids: list[str]
+) -> None:
+    """:func:`check_finite` of one optimiser step's losses and gradients with a single host-device sync.
+
+    Args:
+        module: the training module.
+        losses: the scalar losses backpropagated since the last optimiser step (detached).
+        grads: the gradients about to be applied; None skips them (a GradScaler skips non-finite steps itself).
+        ids: the image ids of the batch being trained on.
+    """
+    flags = []
+    if losses:
+        flags.append(torch.isfinite(torch.stack([loss.detach().float().reshape(()) for loss in losses])).all())
+    if grads:
+        flags.append(torch.isfinite(torch.nn.utils.get_total_norm([g.detach() for g in grads], norm_type=2.0)))
+    if not flags:
+        return
+    ok = [bool(flag) for flag in torch.stack([f.to(flags[0].device) for f in flags]).tolist()]  # the one sync
+    loss_ok = ok[0] if losses else True
+    # "loss" when this rank's loss is bad; "gradient" when only its gradients are; named after the local rank's view
+    what = "loss" if not loss_ok else "gradient"
+    _stop_if_bad(module, not all(ok), what, ids)
+
+
+def _stop_if_bad(module: L.LightningModule, bad: bool, what: str, ids: list[str]) -> None:
+    """Synchronise ``bad`` over the ranks; when any rank is bad, save the finite state and raise."""
     trainer = module._trainer
     if trainer is None:
         if bad:
