@@ -46,3 +46,25 @@ def test_a_method_without_classifier_refuses_gated_modes_when_built() -> None:
     assert not CamSaliencyModule.parts.classifier
     with pytest.raises(ValueError, match="no image-level classifier.*ms_gate"):
         CamSaliencyModule(network, num_classes=4, class_names=["bg", "a", "b", "c"], test_modes=["ss", "ms_gate"])
+
+
+def test_class_gate_scores_each_image_without_the_padding_of_its_batch() -> None:
+    from wsss_lightning.models import AuxSegNetPlus, TimmBackbone
+    from wsss_lightning.modules import AuxSegNetModule
+
+    torch.manual_seed(0)
+    network = AuxSegNetPlus(4, TimmBackbone("test_resnet", output_stride=8), head_channels=8)
+    module = AuxSegNetModule(network, num_classes=4, class_names=["bg", "a", "b", "c"], test_modes=["ss_gate"]).eval()
+    images = torch.randn(2, 3, 48, 64)
+    images[1, :, 32:, :] = 0.0  # the second image is 32 x 40, padded to the batch's 48 x 64
+    images[1, :, :, 40:] = 0.0
+    sizes = torch.tensor([[48, 64], [32, 40]])
+    cache: dict = {}
+    with torch.no_grad():
+        labels = module.predict_labels(images, sizes, InferenceMode.parse("ss_gate"), cache)
+        alone = module.class_presence(images[1:, :, :32, :40])
+        padded = module.class_presence(images)
+    assert [tuple(label.shape) for label in labels] == [(48, 64), (32, 40)]
+    torch.testing.assert_close(cache["class_presence"][0], padded[0])  # unpadded image: the batched value
+    torch.testing.assert_close(cache["class_presence"][1], alone[0])  # padded image: scored at its own size
+    assert not torch.allclose(padded[1], alone[0], atol=1e-4), "the padding changes the pooled score"

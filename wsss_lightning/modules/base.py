@@ -402,7 +402,7 @@ class WSSSModule(L.LightningModule, ABC):
             cache[mode.base] = self._seg_probabilities(images, InferenceMode.parse(mode.base))
         if mode.probabilities_key not in cache:  # the class gate on the shared probabilities
             if "class_presence" not in cache:
-                cache["class_presence"] = self.class_presence(images).float()
+                cache["class_presence"] = self._class_presence(images, sizes)
             presence = cache["class_presence"]
             cache[mode.probabilities_key] = gate_absent_classes(cache[mode.base], presence, self.class_gate_threshold)
         probs = cache[mode.probabilities_key]
@@ -414,6 +414,16 @@ class WSSSModule(L.LightningModule, ABC):
             _resize_bilinear(_crop(p, size), target).argmax(0).to(torch.uint8)
             for p, size, target in zip(probs, sizes, targets)
         ]
+
+    def _class_presence(self, images: Tensor, sizes: Tensor) -> Tensor:
+        """:meth:`class_presence` ``(B, C-1)`` of each image without the padding of its batch: the classifier's
+        global pooling would otherwise average the padded border in (one batched call when nothing is padded)."""
+        height, width = images.shape[-2:]
+        if all(int(h) == height and int(w) == width for h, w in sizes.tolist()):
+            return self.class_presence(images).float()
+        return torch.cat(
+            [self.class_presence(image[None, :, :h, :w]).float() for image, (h, w) in zip(images, sizes.tolist())]
+        )
 
     def predict_saliency(self, images: Tensor, sizes: Tensor, full_sizes: Tensor | None = None) -> list[Tensor]:
         """Saliency maps in [0, 1], one float tensor (h_i, w_i) per image (at ``full_sizes`` when given)."""
