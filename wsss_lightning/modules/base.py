@@ -104,7 +104,9 @@ class WSSSModule(L.LightningModule, ABC):
             with ``compile_backend`` and ``compile_mode`` when the model is configured. The first steps of each new
             input shape are slow while it compiles.
         compile_mode: ``torch.compile``'s ``mode``: None (``"default"``), ``"reduce-overhead"`` (CUDA graphs on a GPU:
-            fewer kernel launches, more memory), ``"max-autotune"`` or ``"max-autotune-no-cudagraphs"``.
+            fewer kernel launches, more memory), ``"max-autotune"`` or ``"max-autotune-no-cudagraphs"``. CUDA graphs
+            reuse their output buffers: checked by the training benchmark only, not with the several forwards per
+            batch of flip / multi-scale inference (a GPU run must check those before it is a default).
     """
 
     #: the optional parts of the method (see ``modules/protocol.py``)
