@@ -5,7 +5,8 @@
 # order of priority:
 #   install   the carried wheels (albumentations, jsonargparse, timm, ...) + a pydensecrf2 build in the background
 #   train     benchmarks/train_step.py --device cuda, ResNet-38 321x321 batch 8, 3 warm-up + 10 steps, AuxSegNet
-#             (pairwise): bf16 + channels-last plain and Lightning in both orders (+ FLOPs), then each lever on its
+#             (pairwise): bf16 + channels-last plain and Lightning in both orders, Lightning with wsss fit's progress
+#             bar and throughput callbacks (+ FLOPs), then each lever on its
 #             own: cudnn.benchmark, SGD foreach, SGD fused, dilated convs as space-to-batch, pinned memory
 #   crf       benchmarks/crf_torch.py --device cuda: torch CRF vs pydensecrf, agreement + speed at 500x375
 #   refresh   benchmarks/pseudo_refresh.py --device cuda --crf torch (ResNet-38, 500x375, pipelined batches)
@@ -118,7 +119,7 @@ TRAIN=("$PY" benchmarks/train_step.py --device cuda --backbone resnet38 --crop 3
   --steps 10)
 BF16CL=(--precision bf16-mixed --channels-last)
 step train_pairwise_bf16_cl 150 60 "${TRAIN[@]}" "${BF16CL[@]}" --affinity pairwise --flops \
-  --variants plain,lightning,lightning,plain --json "$WORK/train_pairwise_bf16_cl.json"
+  --variants plain,lightning,lightning-full,lightning,plain --json "$WORK/train_pairwise_bf16_cl.json"
 step train_lever_cudnn_benchmark 80 40 "${TRAIN[@]}" "${BF16CL[@]}" --affinity pairwise --cudnn-benchmark \
   --variants plain,lightning --json "$WORK/train_lever_cudnn_benchmark.json"
 step train_lever_sgd_foreach 50 30 "${TRAIN[@]}" "${BF16CL[@]}" --affinity pairwise --sgd foreach \

@@ -44,7 +44,7 @@ from benchmarks.common import (  # noqa: E402
     write_json,
 )
 
-CHILDREN = ("plain", "lightning", "lightning-cl", "lightning-bf16-cl")
+CHILDREN = ("plain", "lightning", "lightning-full", "lightning-cl", "lightning-bf16-cl")
 OFFICIAL = {"images_per_s": 0.166, "step_s": 24.0, "peak_rss_gib": 7.4 * 1e9 / 2**30}
 
 
@@ -140,13 +140,20 @@ def child_lightning(args) -> dict:
     from wsss_lightning.modules import AuxSegNetModule
 
     net, loader = _setup(args)
-    # Variants: "lightning", "lightning-cl" (channels-last switch), "lightning-bf16-cl" (+ bf16-mixed precision).
+    # Variants: "lightning", "lightning-cl" (channels-last switch), "lightning-bf16-cl" (+ bf16-mixed precision),
+    # "lightning-full" (+ the callbacks `wsss fit` adds to every run: the stage progress bar and the throughput log).
     channels_last = args.channels_last or args.child.endswith("-cl")
     precision = "bf16-mixed" if "bf16" in args.child else args.precision
     module = AuxSegNetModule(
         net, lr=7e-4, channels_last=channels_last, compile=args.compile, compile_mode=args.compile_mode
     )
     ends: list[float] = []
+    extra: list[L.Callback] = []
+    if args.child == "lightning-full":
+        from wsss_lightning.callbacks.progress import StageProgressBar
+        from wsss_lightning.callbacks.throughput import Throughput
+
+        extra = [StageProgressBar(), Throughput()]
 
     class StepClock(L.Callback):
         def on_train_start(self, trainer, pl_module) -> None:
@@ -163,11 +170,11 @@ def child_lightning(args) -> dict:
         max_steps=args.warmup + args.steps,
         logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
+        enable_progress_bar=bool(extra),
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        callbacks=[StepClock()],
+        callbacks=[StepClock(), *extra],
         benchmark=args.cudnn_benchmark,
     )
     trainer.fit(module, train_dataloaders=loader)
@@ -217,7 +224,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--variants",
         default="plain,lightning",
-        help="comma list of plain, lightning, lightning-cl (channels-last), lightning-bf16-cl (+ bf16-mixed)",
+        help="comma list of plain, lightning, lightning-full (+ wsss fit's progress bar and throughput callbacks), "
+        "lightning-cl (channels-last), lightning-bf16-cl (+ bf16-mixed)",
     )
     parser.add_argument("--child", choices=CHILDREN, help=argparse.SUPPRESS)
     parser.add_argument("--json", default=None)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from tiny_config import checkpoint_callback, write_tiny_config
 
@@ -393,6 +394,55 @@ def test_stage_progress_bar_shows_the_stage_and_epoch(tmp_path):
         "stage 1/2 · epoch 1/1 (2/3)",
         "stage 2/2 · epoch 1/1 (3/3)",
     ]
+
+
+@pytest.mark.parametrize(("interval", "expected"), [(0.0, [1, 2, 3, 4, 5, 6]), (1e9, [1, 6])])
+def test_progress_bar_reads_the_training_metrics_at_most_every_interval(tmp_path, interval, expected):
+    """Reading the metrics is a GPU synchronisation: with a long interval only the first and the last batch of the
+    epoch read them (the count still moves every batch); with 0, every batch, as Lightning's bar."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from wsss_lightning.callbacks.progress import StageProgressBar
+
+    class Recording(StageProgressBar):
+        def __init__(self) -> None:
+            super().__init__(metrics_interval_s=interval)
+            self.read_at: list[int] = []
+            self.counts: list[int] = []
+
+        def get_metrics(self, trainer: Any, pl_module: Any) -> dict:
+            if trainer.training and self.train_progress_bar.n not in self.read_at:
+                self.read_at.append(self.train_progress_bar.n)
+            return super().get_metrics(trainer, pl_module)
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            self.counts.append(self.train_progress_bar.n)
+
+    bar = Recording()
+    trainer = Trainer(
+        max_epochs=1, limit_train_batches=6, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_model_summary=False, callbacks=[bar], default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(BoringModel())
+    assert bar.counts == [1, 2, 3, 4, 5, 6]
+    assert bar.read_at == expected
+
+
+def test_throughput_logs_its_rate_without_a_copy_to_the_device() -> None:
+    logged: dict[str, Any] = {}
+    module = SimpleNamespace(log=lambda name, value, **kwargs: logged.__setitem__(name, value))
+    trainer = SimpleNamespace(world_size=2)
+    clock = iter([0.0, 1.0, 2.0])
+    callback = Throughput(window=4, clock=lambda: next(clock))
+    callback.on_train_epoch_start(trainer, module)
+    callback.on_train_batch_start(trainer, module, {"image": torch.zeros(4, 3, 2, 2)}, 0)
+    callback.on_train_batch_end(trainer, module, None, {"image": torch.zeros(4, 3, 2, 2)}, 0)
+    callback.on_train_batch_end(trainer, module, None, {"image": torch.zeros(4, 3, 2, 2)}, 1)
+    value = logged["train/images_per_s"]
+    assert isinstance(value, torch.Tensor) and value.device.type == "cpu"  # a Python float would be copied to the GPU
+    assert value.item() == pytest.approx(2 * 8 / 2.0)  # 8 images in 2 s on each of 2 ranks
 
 
 def test_progress_bar_names_a_pseudolabel_run(tmp_path):

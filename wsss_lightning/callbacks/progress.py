@@ -7,11 +7,14 @@
 * predict: ``Predicting`` for ``wsss predict`` and ``Pseudo-labels (refined, stage 1)`` for ``wsss pseudolabel``,
   counted in images when the loader's batch size is 1.
 
-Counts and rates come from tqdm (``12/30 [00:05<00:07, 2.4it/s]``).
+Counts and rates come from tqdm (``12/30 [00:05<00:07, 2.4it/s]``). The training metrics (the loss) are refreshed at
+most every ``metrics_interval_s`` seconds and at the end of an epoch: reading a metric from a GPU waits for the step to
+finish (a host-device synchronisation), which per step would keep the CPU from queueing the next one.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import lightning as L
@@ -70,9 +73,29 @@ def stage_description(stages: PseudoLabelRefresh | None, epoch: int, max_epochs:
 class StageProgressBar(TQDMProgressBar):
     """Lightning's tqdm bar with stage-aware training descriptions and named evaluation loaders."""
 
-    def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False) -> None:
+    def __init__(
+        self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False, metrics_interval_s: float = 0.5
+    ) -> None:
         super().__init__(refresh_rate, process_position, leave)
         self._predict_description = "Predicting"
+        self.metrics_interval_s = metrics_interval_s
+        self._metrics_shown_at = -float("inf")
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """The count every ``refresh_rate`` batches; the metrics only every ``metrics_interval_s`` seconds and at
+        the epoch's last batch (Lightning's bar reads them, one GPU synchronisation, at every refresh)."""
+        bar, n = self.train_progress_bar, batch_idx + 1
+        if bar is None or not self._should_update(n, bar.total):
+            return
+        if not bar.disable:
+            bar.n = n
+            bar.refresh()
+        now = time.monotonic()
+        if n == bar.total or now - self._metrics_shown_at >= self.metrics_interval_s:
+            self._metrics_shown_at = now
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
 
     @property
     def predict_description(self) -> str:

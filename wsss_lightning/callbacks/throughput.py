@@ -107,8 +107,10 @@ class Throughput(Callback):
         self._epoch_images += images
         rate = self.window.rate()
         if rate is not None:
+            # A CPU tensor: Lightning turns a Python number into a tensor on the module's device, a blocking copy
+            # (one GPU synchronisation per step); the logged value stays on the CPU instead.
             pl_module.log(
-                "train/images_per_s", rate * trainer.world_size, on_step=True, on_epoch=False,
+                "train/images_per_s", torch.tensor(rate * trainer.world_size), on_step=True, on_epoch=False,
                 prog_bar=self.prog_bar, batch_size=1,
             )  # fmt: skip
 
