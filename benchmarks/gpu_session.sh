@@ -11,7 +11,7 @@
 #   crf       benchmarks/crf_torch.py --device cuda: torch CRF vs pydensecrf, agreement + speed at 500x375
 #   refresh   benchmarks/pseudo_refresh.py --device cuda --crf torch (ResNet-38, 500x375, pipelined batches)
 #   pytest    the gpu-marked tests (tests/test_crf_torch.py, tests/test_ddp_gpu.py: NCCL DDP fit -> refresh -> test)
-#   more      torch.compile lever, AuxSegNet+ (dual), fp32 with 20 steps (the periodic slow step), inference modes
+#   more      a torch.profiler breakdown of the baseline step, torch.compile lever, AuxSegNet+ (dual), fp32 with 20 steps (the periodic slow step), inference modes
 #             with the torch CRF, the refresh with pydensecrf workers, CUDA graphs (compile mode reduce-overhead)
 #   summary   $OUT/gpu_session.json + gpu_session.md (benchmarks/gpu_session_summary.py, after every step)
 #
@@ -148,6 +148,8 @@ step pytest_gpu 240 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider --junitxml 
   "${GPU_TESTS[@]}"
 
 # ------------------------------------------------------------------------------------------------ the rest, if time
+step train_profile 60 35 "${TRAIN[@]}" "${BF16CL[@]}" --affinity pairwise --steps 3 --profile 3 --variants plain \
+  --json "$WORK/train_profile.json"
 step train_lever_compile 200 120 "${TRAIN[@]}" "${BF16CL[@]}" --affinity pairwise --compile --variants plain \
   --json "$WORK/train_lever_compile.json"
 step train_dual_bf16_cl 60 35 "${TRAIN[@]}" "${BF16CL[@]}" --affinity dual --variants plain,lightning \

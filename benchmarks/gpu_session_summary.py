@@ -51,6 +51,7 @@ TRAIN_RUNS = {  # step name -> what it varies (bf16 + channels-last ResNet-38 pa
     "train_lever_cuda_graphs": "torch.compile mode reduce-overhead = CUDA graphs (plain)",
     "train_dual_bf16_cl": "AuxSegNet+ (dual affinity)",
     "train_pairwise_fp32": "fp32 (TF32 convolutions), 20 steps: the periodic slow step",
+    "train_profile": "torch.profiler: device time by part (forward/<part>, loss, backward, optimizer) and top ops",
 }
 
 
@@ -107,6 +108,8 @@ def train_summary(raw: dict[str, Any]) -> dict[str, Any]:
         "mean_images_per_s": mean_images,
         "tflop_per_image": flops,
     }
+    if "profile" in results.get("plain", {}):
+        out["profile"] = results["plain"]["profile"]
     if "plain" in mean_images and "lightning" in mean_images:
         out["lightning_overhead"] = mean_images["plain"] / mean_images["lightning"] - 1  # step time ratio - 1
     if "plain" in mean_images and "lightning-full" in mean_images:  # + wsss fit's progress bar and throughput log
@@ -267,6 +270,11 @@ def markdown(s: dict[str, Any]) -> str:
     lines.append(
         markdown_table(["run", "variant", "img/s", "peak GiB", "median s", "slowest s", "steps > 1.5× med"], rows)
     )
+    for name, run in s["train"].items():
+        if "profile" in run:
+            from benchmarks.step_profile import report as profile_report
+
+            lines += ["", f"## Where the step's time goes ({name})", "", profile_report(run["profile"])]
     for crf, r in s["refresh"].items():
         lines += ["", f"## Refresh, {crf} CRF, 500×375", ""]
         rows = [[n, f"{p['s_per_image']:.4f}", f"{p['images_per_s']:.2f}", p["label_pixels_equal"]]

@@ -131,7 +131,28 @@ def child_plain(args) -> dict:
             if name.count(".") == 1
         }
         result["forward_flops"] = counter.get_total_flops()
+    if args.profile:
+        result["profile"] = _profile(args, net, loader, optimizer, device, memory_format)
     return result
+
+
+def _profile(args, net, loader, optimizer, device, memory_format) -> dict:
+    """``--profile N``: N more steps under ``torch.profiler`` (benchmarks/step_profile.py), after the timing."""
+    from benchmarks.step_profile import profile_steps
+
+    cached = list(loader)
+    batches = [{k: v.to(device) for k, v in cached[i % len(cached)].items()} for i in range(args.profile)]
+
+    def forward(batch):
+        with _autocast(args):
+            return net(batch["image"].contiguous(memory_format=memory_format))
+
+    def loss_of(out, batch):
+        with _autocast(args):
+            return _loss(out, batch)
+
+    # The optimiser only: the poly schedule has no steps left after the timed ones.
+    return profile_steps(net, batches, forward, loss_of, optimizer.step, device)
 
 
 def child_lightning(args) -> dict:
@@ -198,6 +219,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--flops", action="store_true", help="count the FLOPs of one step (plain process)")
     parser.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="profile N more steps by part and op (plain process)"
+    )
+    parser.add_argument(
         "--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark (Lightning: benchmark)"
     )
     parser.add_argument(
@@ -242,6 +266,7 @@ def child_args(args: argparse.Namespace) -> list[str]:
     out += ["--device", args.device, "--precision", args.precision]
     out += ["--channels-last"] if args.channels_last else []
     out += ["--flops"] if args.flops else []
+    out += ["--profile", str(args.profile)] if args.profile else []
     out += ["--cudnn-benchmark"] if args.cudnn_benchmark else []
     out += ["--compile"] if args.compile else []
     out += ["--compile-mode", args.compile_mode] if args.compile_mode else []
@@ -305,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
         summary["forward_flop_share"] = {k: v / forward for k, v in results["plain"]["forward_flops_by_part"].items()}
         shares = ", ".join(f"{k} {100 * v:.2f} %" for k, v in summary["forward_flop_share"].items())
         print(f"Forward FLOPs by part: {shares} of the forward FLOPs (parts the counter attributes)")
+    if "profile" in results.get("plain", {}):
+        from benchmarks.step_profile import report
+
+        print("\n" + report(results["plain"]["profile"]))
     write_json(args.json, {"args": vars(args), "results": results, "summary": summary, "parent": machine()})
     return 0
 

@@ -72,6 +72,12 @@ def test_summary_of_a_fake_session(tmp_path: Path) -> None:
     s2b["results"] = {"plain": s2b["results"]["plain"]}
     del s2b["args"]["sgd"]  # a file of an older train_step.py lacks some switches: read as None
     (work / "train_lever_dilated_s2b.json").write_text(json.dumps(s2b))
+    profiled = _train_json(200.0, 200.0)
+    profiled["results"] = {"plain": {**profiled["results"]["plain"], "profile": {
+        "time": "device", "steps": 3, "ms_per_step": {"forward": 12.0, "forward/backbone": 10.0, "backward": 25.0,
+                                                      "loss": 1.0, "optimizer": 2.0, "step": 40.0},
+        "top_ops": [["aten::cudnn_convolution", 9.0, 60.0]]}}}  # fmt: skip
+    (work / "train_profile.json").write_text(json.dumps(profiled))
     agreement = {"equal_labels_min": 0.995, "equal_labels_mean": 0.998}
     crf = {"args": {"images": 8, "size": "500x375"},
            "results": {p: {"pydensecrf_images_per_s": 1.0, "torch_images_per_s": 50.0, "speedup": 50.0,
@@ -106,4 +112,6 @@ def test_summary_of_a_fake_session(tmp_path: Path) -> None:
     terms = summary["e2e_estimate"]["terms"]
     assert terms["train"]["ours"]["per_image_s"] == pytest.approx(1 / 190.0)  # Lightning with wsss fit's callbacks
     assert terms["refresh"]["ours"]["per_image_s"] == pytest.approx(1.28 / 32)
-    assert "## End-to-end estimate" in (out / "gpu_session.md").read_text()
+    report = (out / "gpu_session.md").read_text()
+    assert "## End-to-end estimate" in report
+    assert "## Where the step's time goes (profile)" in report and "| forward/backbone | 10.00 | 25.0 % |" in report
