@@ -7,11 +7,12 @@
 #   train     benchmarks/train_step.py --device cuda, ResNet-38 321x321 batch 8, 3 warm-up + 10 steps, AuxSegNet
 #             (pairwise): bf16 + channels-last plain and Lightning in both orders, Lightning with wsss fit's progress
 #             bar and throughput callbacks (+ FLOPs), then each lever on its
-#             own: cudnn.benchmark, SGD foreach, SGD fused, dilated convs as space-to-batch, pinned memory
+#             own: cudnn.benchmark, SGD foreach, SGD fused, dilated convs as space-to-batch
 #   crf       benchmarks/crf_torch.py --device cuda: torch CRF vs pydensecrf, agreement + speed at 500x375
 #   refresh   benchmarks/pseudo_refresh.py --device cuda --crf torch (ResNet-38, 500x375, pipelined batches)
 #   pytest    the gpu-marked tests (tests/test_crf_torch.py, tests/test_ddp_gpu.py: NCCL DDP fit -> refresh -> test)
-#   more      a torch.profiler breakdown of the baseline step, torch.compile lever, AuxSegNet+ (dual), fp32 with 20 steps (the periodic slow step), inference modes
+#   more      a torch.profiler breakdown of the baseline step, pinned memory (Lightning runs pin already),
+#             torch.compile lever, AuxSegNet+ (dual), fp32 with 20 steps (the periodic slow step), inference modes
 #             with the torch CRF, the refresh with pydensecrf workers, CUDA graphs (compile mode reduce-overhead)
 #   summary   $OUT/gpu_session.json + gpu_session.md (benchmarks/gpu_session_summary.py, after every step)
 #
@@ -128,8 +129,6 @@ step train_lever_sgd_fused 50 30 "${TRAIN[@]}" "${BF16CL[@]}" --affinity pairwis
   --variants plain --json "$WORK/train_lever_sgd_fused.json"
 step train_lever_dilated_s2b 50 30 "${TRAIN[@]}" "${BF16CL[@]}" --affinity pairwise --dilated-conv space_to_batch \
   --variants plain --json "$WORK/train_lever_dilated_s2b.json"
-step train_lever_pin_memory 50 30 "${TRAIN[@]}" "${BF16CL[@]}" --affinity pairwise --pin-memory \
-  --variants plain --json "$WORK/train_lever_pin_memory.json"
 
 # ------------------------------------------------------------------------------------------------ (c) CRF, (d) refresh
 while kill -0 "$PYDENSECRF_BUILD" 2>/dev/null && (($(elapsed) < BUDGET_S - 60)); do sleep 2; done
@@ -150,6 +149,8 @@ step pytest_gpu 240 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider --junitxml 
 # ------------------------------------------------------------------------------------------------ the rest, if time
 step train_profile 60 35 "${TRAIN[@]}" "${BF16CL[@]}" --affinity pairwise --steps 3 --profile 3 --variants plain \
   --json "$WORK/train_profile.json"
+step train_lever_pin_memory 50 30 "${TRAIN[@]}" "${BF16CL[@]}" --affinity pairwise --pin-memory \
+  --variants plain --json "$WORK/train_lever_pin_memory.json"
 step train_lever_compile 200 120 "${TRAIN[@]}" "${BF16CL[@]}" --affinity pairwise --compile --variants plain \
   --json "$WORK/train_lever_compile.json"
 step train_dual_bf16_cl 60 35 "${TRAIN[@]}" "${BF16CL[@]}" --affinity dual --variants plain,lightning \
