@@ -261,3 +261,47 @@ def test_cuda_matches_cpu() -> None:
     np.testing.assert_allclose(sal_gpu, saliency_crf_torch(image, saliency), atol=1e-4)
     batched = dense_crf_torch_batch([image, image[:100, :150]], [probs, probs[:, :100, :150]], "ssnet", device="cuda")
     np.testing.assert_allclose(batched[1], dense_crf_torch(image[:100, :150], probs[:, :100, :150], "ssnet"), atol=1e-4)
+
+
+def test_multiscale_flip_crf_inference_agrees_between_backends(tiny_demo: Path) -> None:
+    """The whole ``ms_flip_crf`` path of ``wsss test`` (5 scales x flip, max-fused, renormalised, the inference CRF
+    at each image's size) gives >= 99 % equal labels with the torch CRF and with pydensecrf on demo images.
+
+    The segmentation network is replaced by a fixed "colour classifier" (random 1x1 weights on RGB, pooled to stride
+    8), so the probabilities follow the image's regions and change with scale and flip as a network's do."""
+    from PIL import Image
+
+    from wsss_lightning.data.demo import VOC_DIR
+    from wsss_lightning.models import AuxSegNetPlus, TimmBackbone
+    from wsss_lightning.models.resnet38 import IMAGENET_MEAN, IMAGENET_STD
+    from wsss_lightning.modules import AuxSegNetModule
+    from wsss_lightning.modules.inference import InferenceMode
+    from wsss_lightning.pseudo.dense_crf import PydenseCRF, TorchCRF
+
+    weight = torch.randn(21, 3, generator=torch.Generator().manual_seed(0)) * 3.0
+
+    def colour_logits(images: torch.Tensor) -> torch.Tensor:
+        logits = torch.einsum("kc,bchw->bkhw", weight, images)
+        return torch.nn.functional.avg_pool2d(logits, 8, ceil_mode=True)
+
+    network = AuxSegNetPlus(21, TimmBackbone("test_resnet", output_stride=8), head_channels=8)
+    modules = {crf: AuxSegNetModule(network, crf=crf()).eval() for crf in (PydenseCRF, TorchCRF)}
+    for module in modules.values():
+        module.segmentation_logits = colour_logits  # type: ignore[method-assign]
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    paths = sorted((tiny_demo / VOC_DIR / "JPEGImages").glob("*.jpg"))[:3]
+    changed = 0
+    for path in paths:
+        raw = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255.0
+        image = ((raw - mean) / std)[None]
+        sizes = torch.tensor([list(image.shape[-2:])])
+        with torch.no_grad():
+            labels = {
+                crf: module.predict_labels(image, sizes, InferenceMode.parse("ms_flip_crf"))[0]
+                for crf, module in modules.items()
+            }
+            plain = modules[PydenseCRF].predict_labels(image, sizes, InferenceMode.parse("ms_flip"))[0]
+        equal = (labels[PydenseCRF] == labels[TorchCRF]).float().mean().item()
+        assert equal >= MIN_AGREEMENT, (path.name, equal)
+        changed += int((labels[PydenseCRF] != plain).sum())
+    assert changed > 0, "the CRF changed no label: the comparison would be vacuous"
