@@ -21,11 +21,15 @@ RANGES = ("forward", "loss", "backward", "optimizer")
 
 
 def _part_hooks(net: nn.Module) -> list[Any]:
-    """Forward pre/post hooks that open and close a ``forward/<name>`` range around each top-level child."""
+    """Forward pre/post hooks that open and close a ``forward/<name>`` range around each child and grandchild (a
+    child whose forward is never called, e.g. a branch used through ``encode``/``decode`` methods, is timed through
+    its own children)."""
     from torch.autograd.profiler import record_function
 
     handles = []
-    for name, child in net.named_children():
+    for name, child in net.named_modules():
+        if not name or name.count(".") > 1:
+            continue
         stack: list[Any] = []
 
         def enter(module: nn.Module, inputs: Any, name: str = name, stack: list = stack) -> None:
@@ -100,7 +104,8 @@ def profile_steps(
         return event.self_device_time_total if cuda else event.self_cpu_time_total
 
     events = prof.key_averages()
-    ms = {e.key: total(e) / 1000 / steps for e in events if e.key in RANGES or e.key.startswith("forward/")}
+    ms = {e.key: total(e) / 1000 / steps for e in events if e.key in RANGES}
+    ms.update(_parts({e.key[len("forward/") :]: total(e) / 1000 / steps for e in events if e.key.startswith("forward/")}))
     ms["step"] = sum(ms.get(name, 0.0) for name in RANGES)
     ranked = sorted(
         (e for e in events if e.key not in RANGES and not e.key.startswith("forward/") and self_time(e) > 0),
@@ -109,6 +114,17 @@ def profile_steps(
     )
     top_ops = [[e.key, self_time(e) / 1000 / steps, e.count / steps] for e in ranked[:top]]
     return {"time": "device" if cuda else "host", "steps": steps, "ms_per_step": ms, "top_ops": top_ops}
+
+
+def _parts(ranges: dict[str, float]) -> dict[str, float]:
+    """``forward/<child>`` times: a child's own range when its forward ran, else the sum of its children's."""
+    parts = {name: t for name, t in ranges.items() if "." not in name}
+    summed: dict[str, float] = {}
+    for name, t in ranges.items():
+        top = name.split(".")[0]
+        if "." in name and top not in parts:
+            summed[top] = summed.get(top, 0.0) + t
+    return {f"forward/{name}": t for name, t in {**parts, **summed}.items()}
 
 
 def report(profile_result: dict[str, Any]) -> str:
