@@ -105,7 +105,8 @@ def profile_steps(
 
     events = prof.key_averages()
     ms = {e.key: total(e) / 1000 / steps for e in events if e.key in RANGES}
-    ms.update(_parts({e.key[len("forward/") :]: total(e) / 1000 / steps for e in events if e.key.startswith("forward/")}))
+    forward_ranges = {e.key.removeprefix("forward/"): total(e) / 1000 / steps for e in events if "forward/" in e.key}
+    ms.update(_parts(forward_ranges))
     ms["step"] = sum(ms.get(name, 0.0) for name in RANGES)
     ranked = sorted(
         (e for e in events if e.key not in RANGES and not e.key.startswith("forward/") and self_time(e) > 0),
