@@ -105,7 +105,9 @@ def profile_steps(
 
     events = prof.key_averages()
     ms = {e.key: total(e) / 1000 / steps for e in events if e.key in RANGES}
-    forward_ranges = {e.key.removeprefix("forward/"): total(e) / 1000 / steps for e in events if "forward/" in e.key}
+    forward_ranges = {
+        e.key.removeprefix("forward/"): total(e) / 1000 / steps for e in events if e.key.startswith("forward/")
+    }
     ms.update(_parts(forward_ranges))
     ms["step"] = sum(ms.get(name, 0.0) for name in RANGES)
     ranked = sorted(
