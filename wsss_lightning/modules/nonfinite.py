@@ -50,12 +50,15 @@ def batch_ids(batch: Any, limit: int = 64) -> list[str]:
     return found[:limit]
 
 
+def _finite_flag(tensors: list[Tensor]) -> Tensor:
+    """0-dim bool tensor on the tensors' device: every element finite (one fused norm, no host-device sync)."""
+    return torch.isfinite(torch.nn.utils.get_total_norm([t.detach() for t in tensors], norm_type=2.0))
+
+
 def all_finite(tensors: Iterable[Tensor]) -> bool:
     """True when every element of every tensor is finite (one fused norm, no per-element Python loop)."""
-    tensors = [t.detach() for t in tensors]
-    if not tensors:
-        return True
-    return bool(torch.isfinite(torch.nn.utils.get_total_norm(tensors, norm_type=2.0)))
+    tensors = list(tensors)
+    return not tensors or bool(_finite_flag(tensors))
 
 
 def _save_finite_state(trainer: L.Trainer, step: int) -> Path | None:
@@ -98,10 +101,10 @@ def check_step_finite(
     if losses:
         flags.append(torch.isfinite(torch.stack([loss.detach().float().reshape(()) for loss in losses])).all())
     if grads:
-        flags.append(torch.isfinite(torch.nn.utils.get_total_norm([g.detach() for g in grads], norm_type=2.0)))
+        flags.append(_finite_flag(grads))
     if not flags:
         return
-    ok = [bool(flag) for flag in torch.stack([f.to(flags[0].device) for f in flags]).tolist()]  # the one sync
+    ok = [bool(flag) for flag in torch.stack(flags).tolist()]  # the one sync
     loss_ok = ok[0] if losses else True
     # "loss" when this rank's loss is bad; "gradient" when only its gradients are; named after the local rank's view
     what = "loss" if not loss_ok else "gradient"
