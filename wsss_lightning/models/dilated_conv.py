@@ -20,9 +20,29 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DilatedConvImpl", "SpaceToBatchConv2d", "space_to_batch_conv2d", "use_space_to_batch"]
+__all__ = [
+    "DilatedConvImpl",
+    "SpaceToBatchConv2d",
+    "apply_dilated_conv",
+    "check_dilated_conv",
+    "space_to_batch_conv2d",
+    "use_space_to_batch",
+]
 
 DilatedConvImpl = Literal["native", "space_to_batch"]
+
+
+def check_dilated_conv(impl: str) -> None:
+    """Raise ``ValueError`` unless ``impl`` is a :data:`DilatedConvImpl` (a backbone's ``dilated_conv`` switch)."""
+    if impl not in ("native", "space_to_batch"):
+        raise ValueError(f"dilated_conv must be 'native' or 'space_to_batch', got {impl!r}")
+
+
+def apply_dilated_conv(module: nn.Module, impl: DilatedConvImpl) -> int:
+    """A backbone's ``dilated_conv`` switch: ``"space_to_batch"`` runs :func:`use_space_to_batch` on ``module``,
+    ``"native"`` leaves it as built. Returns the number of convolutions swapped (0 for ``"native"``)."""
+    check_dilated_conv(impl)
+    return use_space_to_batch(module) if impl == "space_to_batch" else 0
 
 
 def space_to_batch_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, dilation: int, groups: int = 1) -> Tensor:

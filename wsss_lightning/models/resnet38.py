@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsss_lightning.models.checkpoint import LoadReport, load_into, load_state_dict_file
-from wsss_lightning.models.dilated_conv import DilatedConvImpl, use_space_to_batch
+from wsss_lightning.models.dilated_conv import DilatedConvImpl, apply_dilated_conv, check_dilated_conv
 from wsss_lightning.models.mxnet_params import is_mxnet_params, read_mxnet_params, resnet38_state_from_mxnet
 
 __all__ = [
@@ -253,8 +253,7 @@ class ResNet38(nn.Module):
         dilated_conv: DilatedConvImpl = "native",
     ) -> None:
         super().__init__()
-        if dilated_conv not in ("native", "space_to_batch"):
-            raise ValueError(f"dilated_conv must be 'native' or 'space_to_batch', got {dilated_conv!r}")
+        check_dilated_conv(dilated_conv)
         if output_stride not in (8, 16):
             raise ValueError(f"ResNet38 supports output_stride 8 or 16, got {output_stride}")
         # At stride 16, b5 downsamples and every later dilation halves, so receptive fields stay the same.
@@ -294,8 +293,7 @@ class ResNet38(nn.Module):
             raise ValueError(f"frozen_blocks names no ResNet38 block: {unknown} (blocks are conv1a, b2 … b7, bn7)")
         self.frozen_blocks = tuple(frozen_blocks)
         self.dilated_conv = dilated_conv
-        if dilated_conv == "space_to_batch":
-            use_space_to_batch(self)
+        apply_dilated_conv(self, dilated_conv)
 
         self.load_report: LoadReport | None = None
         if checkpoint_path is not None:

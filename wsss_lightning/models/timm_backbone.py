@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from wsss_lightning.models import packaged_weights
 from wsss_lightning.models.checkpoint import LoadReport, load_into, load_state_dict_file
-from wsss_lightning.models.dilated_conv import DilatedConvImpl, use_space_to_batch
+from wsss_lightning.models.dilated_conv import DilatedConvImpl, apply_dilated_conv, check_dilated_conv
 from wsss_lightning.models.resnet38 import IMAGENET_MEAN, IMAGENET_STD, Normalization, freeze_batchnorm
 
 __all__ = ["Normalization", "TimmBackbone"]
@@ -118,8 +118,7 @@ class TimmBackbone(nn.Module):
         super().__init__()
         if output_stride not in SUPPORTED_OUTPUT_STRIDES:
             raise ValueError(f"output_stride must be one of {SUPPORTED_OUTPUT_STRIDES}, got {output_stride}")
-        if dilated_conv not in ("native", "space_to_batch"):
-            raise ValueError(f"dilated_conv must be 'native' or 'space_to_batch', got {dilated_conv!r}")
+        check_dilated_conv(dilated_conv)
         self.name = name
         self.output_stride = output_stride
         self.freeze_bn = freeze_bn
@@ -134,7 +133,7 @@ class TimmBackbone(nn.Module):
         self._channels_last = str(getattr(self.body, "output_fmt", "NCHW")).endswith("NHWC")
         self._check_strides(out_indices)
         self.dilated_conv = dilated_conv
-        if dilated_conv == "space_to_batch" and use_space_to_batch(self.body) == 0:
+        if apply_dilated_conv(self.body, dilated_conv) == 0 and dilated_conv == "space_to_batch":
             log.warning("TimmBackbone('%s', output_stride=%d) has no dilated convolution to run as space-to-batch",
                         name, output_stride)  # fmt: skip
 
