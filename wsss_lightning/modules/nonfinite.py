@@ -16,7 +16,7 @@ as well would stall a GPU between forward and backward, and cost a second collec
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +55,6 @@ def _finite_flag(tensors: list[Tensor]) -> Tensor:
     return torch.isfinite(torch.nn.utils.get_total_norm([t.detach() for t in tensors], norm_type=2.0))
 
 
-def all_finite(tensors: Iterable[Tensor]) -> bool:
-    """True when every element of every tensor is finite (one fused norm, no per-element Python loop)."""
-    tensors = list(tensors)
-    return not tensors or bool(_finite_flag(tensors))
-
-
 def _save_finite_state(trainer: L.Trainer, step: int) -> Path | None:
     """Save the (still finite) current state next to the other checkpoints; None without a checkpoint dir."""
     callback = trainer.checkpoint_callback
@@ -73,23 +67,12 @@ def _save_finite_state(trainer: L.Trainer, step: int) -> Path | None:
     return path
 
 
-def check_finite(module: L.LightningModule, tensors: Tensor | Iterable[Tensor], what: str, ids: list[str]) -> None:
-    """Raise :class:`NonFiniteLossError` (after saving the finite state) if any of ``tensors`` is NaN/Inf.
-
-    Args:
-        module: the training module (its trainer saves the checkpoint and synchronises the decision).
-        tensors: the loss (a scalar tensor) or the gradients.
-        what: ``"loss"`` or ``"gradient"``, for the message.
-        ids: the image ids of the batch being trained on.
-    """
-    tensors = [tensors] if isinstance(tensors, Tensor) else list(tensors)
-    _stop_if_bad(module, not all_finite(tensors), what, ids)
-
-
 def check_step_finite(
     module: L.LightningModule, losses: list[Tensor], grads: list[Tensor] | None, ids: list[str]
 ) -> None:
-    """:func:`check_finite` of one optimiser step's losses and gradients with a single host-device sync.
+    """Raise :class:`NonFiniteLossError` (after saving the finite state) if a loss or gradient of this step is NaN/Inf.
+
+    One host-device sync for the losses and the gradients together.
 
     Args:
         module: the training module.
