@@ -11,7 +11,8 @@
 #   crf       benchmarks/crf_torch.py --device cuda: torch CRF vs pydensecrf, agreement + speed at 500x375
 #   refresh   benchmarks/pseudo_refresh.py --device cuda --crf torch (ResNet-38, 500x375, pipelined batches)
 #   pytest    the gpu-marked tests (tests/test_crf_torch.py, tests/test_ddp_gpu.py: NCCL DDP fit -> refresh -> test)
-#   more      the baseline timed over a window without per-step syncs (plain vs Lightning + callbacks), a
+#   more      the baseline timed over a window without per-step syncs (plain vs Lightning + callbacks, the NaN
+#             guard synchronous and deferred), a
 #             torch.profiler breakdown of the baseline step, pinned memory (Lightning runs pin already),
 #             torch.compile lever, AuxSegNet+ (dual), fp32 with 20 steps (the periodic slow step), inference modes
 #             with the torch CRF, the refresh with pydensecrf workers, CUDA graphs (compile mode reduce-overhead)
@@ -148,9 +149,12 @@ step pytest_gpu 240 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider --junitxml 
   "${GPU_TESTS[@]}"
 
 # ------------------------------------------------------------------------------------------------ the rest, if time
-# The baseline without a sync after every step (a real run's queueing): what Lightning's own per-step sync costs.
-step train_window 90 50 "${TRAIN[@]}" "${BF16CL[@]}" --affinity pairwise --steps 20 --timing window \
+# The baseline without a sync after every step (a real run's queueing), fused SGD: what Lightning's own per-step
+# sync (the NaN/Inf guard) costs, and the same with the guard deferred (no sync).
+step train_window 90 50 "${TRAIN[@]}" "${BF16CL[@]}" --affinity pairwise --steps 20 --timing window --sgd fused \
   --variants plain,lightning-full,lightning-full,plain --json "$WORK/train_window.json"
+step train_window_deferred 60 35 "${TRAIN[@]}" "${BF16CL[@]}" --affinity pairwise --steps 20 --timing window \
+  --sgd fused --nonfinite-check deferred --variants lightning-full,lightning-full --json "$WORK/train_window_deferred.json"
 step train_profile 60 35 "${TRAIN[@]}" "${BF16CL[@]}" --affinity pairwise --steps 3 --profile 3 --variants plain \
   --json "$WORK/train_profile.json"
 step train_lever_pin_memory 50 30 "${TRAIN[@]}" "${BF16CL[@]}" --affinity pairwise --pin-memory \

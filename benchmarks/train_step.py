@@ -20,6 +20,7 @@ FLOPs of one step (forward + backward, ``torch.utils.flop_counter``) in the plai
 
 Speed levers, each measured on its own (``benchmarks/gpu_session.sh`` runs them on a GPU): ``--cudnn-benchmark``,
 ``--compile`` (``--compile-mode reduce-overhead`` = CUDA graphs), ``--sgd foreach|fused``, ``--pin-memory``,
+``--nonfinite-check deferred`` (Lightning's NaN/Inf guard without its per-step sync; with ``--sgd fused``),
 ``--dilated-conv space_to_batch`` (ResNet-38's dilated convs as dense ones on phase-split maps), ``--channels-last``
 and ``--precision bf16-mixed``.
 """
@@ -186,7 +187,13 @@ def child_lightning(args) -> dict:
     channels_last = args.channels_last or args.child.endswith("-cl")
     precision = "bf16-mixed" if "bf16" in args.child else args.precision
     module = AuxSegNetModule(
-        net, lr=7e-4, channels_last=channels_last, compile=args.compile, compile_mode=args.compile_mode
+        net,
+        lr=7e-4,
+        channels_last=channels_last,
+        compile=args.compile,
+        compile_mode=args.compile_mode,
+        optimizer_kernel=args.sgd,
+        nonfinite_check=args.nonfinite_check,
     )
     ends: list[float] = []
     extra: list[L.Callback] = []
@@ -268,7 +275,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--pin-memory", action="store_true", help="pinned DataLoader batches (copies are non_blocking either way)"
     )
     parser.add_argument(
-        "--sgd", default="default", choices=["default", "foreach", "fused"], help="SGD kernel (plain loop)"
+        "--sgd",
+        default="default",
+        choices=["default", "foreach", "fused"],
+        help="SGD kernel (plain loop; Lightning: the module's optimizer_kernel)",
+    )
+    parser.add_argument(
+        "--nonfinite-check",
+        default="sync",
+        choices=["sync", "deferred"],
+        help="Lightning's NaN/Inf guard (the module's nonfinite_check; deferred needs --sgd fused)",
     )
     parser.add_argument(
         "--variants",
@@ -297,7 +313,7 @@ def child_args(args: argparse.Namespace) -> list[str]:
     out += ["--compile-mode", args.compile_mode] if args.compile_mode else []
     out += ["--dilated-conv", args.dilated_conv]
     out += ["--pin-memory"] if args.pin_memory else []
-    out += ["--sgd", args.sgd]
+    out += ["--sgd", args.sgd, "--nonfinite-check", args.nonfinite_check]
     return out
 
 

@@ -97,7 +97,9 @@ class CamSaliencyModule(WSSSModule):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.network.parameters(), lr=self.hparams.lr, momentum=0.9)
+        return torch.optim.SGD(
+            self.network.parameters(), lr=self.hparams.lr, momentum=0.9, **self.optimizer_kernel_kwargs()
+        )
 
     def segmentation_logits(self, images: Tensor) -> Tensor:
         return self.network(images)[2]

@@ -66,13 +66,25 @@ class RankProbe(L.Callback):
         out.write_text(json.dumps({"world_size": trainer.world_size, "records": self.records}))
 
 
-def _wsss(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+class NaNLabelOnRankOne(L.Callback):
+    """Runs inside the ``wsss fit`` processes: rank 1's image labels of batch ``batch_idx`` become NaN, so only that
+    rank's loss is NaN (its gradients, and after the all-reduce every rank's, are then NaN too)."""
+
+    def __init__(self, batch_idx: int = 2) -> None:
+        self.batch_idx = batch_idx
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_rank == 1 and trainer.global_step == self.batch_idx:
+            batch["cls_label"].fill_(float("nan"))
+
+
+def _wsss(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     # The subprocesses import RankProbe from this file.
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
     command = [sys.executable, "-m", "wsss_lightning.cli", *args]
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0 or not check, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 
@@ -125,6 +137,31 @@ def test_ddp_pipeline_writes_each_label_once_and_metrics_match_one_process(tmp_p
     for key, value in one["saliency"]["ECSSD"].items():
         if key != "protocol":
             assert two["saliency"]["ECSSD"][key] == pytest.approx(value, abs=1e-6)
+
+
+@pytest.mark.parametrize("check", ["sync", "deferred"])
+def test_a_nan_on_one_rank_stops_both_ranks_with_finite_weights(tmp_path: Path, check: str) -> None:
+    """Both NaN/Inf guards decide together over the ranks: a NaN loss on rank 1 only stops the two processes (no
+    rank hangs in a collective), naming the step; the state saved then is finite."""
+    import torch
+
+    demo = tmp_path / "demo"
+    generate_demo(demo, seed=2, **{**TINY_SETTINGS, "num_train_aug": 24})
+    run = tmp_path / "run"
+    trainer = {
+        "accelerator": "cpu", "devices": 2, "strategy": "ddp", "default_root_dir": str(run), "logger": False,
+        "enable_progress_bar": False, "num_sanity_val_steps": 0, "limit_val_batches": 0,
+        "callbacks": [checkpoint_callback(run), {"class_path": "test_ddp.NaNLabelOnRankOne"}],
+    }  # fmt: skip
+    model = {"optimizer_kernel": "fused", "nonfinite_check": check}
+    config = write_tiny_config(demo, run, trainer, num_stages=1, batch_size=2, model=model)
+    result = _wsss("fit", "--config", str(config), cwd=tmp_path, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert "NaN/Inf at global step 2" in output, output[-3000:]
+    assert ("update was skipped on the device" in output) == (check == "deferred")
+    state = torch.load(run / "checkpoints" / "nonfinite-step2.ckpt", map_location="cpu", weights_only=True)
+    assert all(bool(torch.isfinite(v).all()) for v in state["state_dict"].values() if v.is_floating_point())
 
 
 def _check_probe(probe: Path, labels: Path) -> None:

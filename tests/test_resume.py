@@ -387,6 +387,132 @@ def test_nan_guard_decides_once_per_optimizer_step(tmp_path: Path, monkeypatch) 
     assert module._pending_losses == []
 
 
+def _nan_at_third_step_fit(tmp_path: Path, monkeypatch, checkpointing: bool, nan_call: int | None = 3, **module_kwargs):
+    """Fit the tiny AuxSegNet+ for 5 steps with a NaN loss at call ``nan_call`` (3: global step 2; None: finite);
+    returns the error (or None), the module, the image ids of each batch and the checkpoint folder."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from wsss_lightning.data.datamodule import WSSSDataModule
+    from wsss_lightning.models import AuxSegNetPlus, TimmBackbone
+    from wsss_lightning.modules import AuxSegNetModule, auxsegnet
+    from wsss_lightning.modules.nonfinite import NonFiniteLossError
+
+    demo = tmp_path / "demo"
+    if not demo.exists():
+        generate_demo(demo, seed=0, **{**TINY_SETTINGS, "num_train_aug": 12, "num_val": 2})
+    calls = {"n": 0}
+    original = auxsegnet.multilabel_soft_margin
+
+    def nan_at_third_step(logits, target):
+        calls["n"] += 1
+        loss = original(logits, target)
+        return loss * float("nan") if calls["n"] == nan_call else loss
+
+    monkeypatch.setattr(auxsegnet, "multilabel_soft_margin", nan_at_third_step)
+    L.seed_everything(0)
+    network = AuxSegNetPlus(len(DEMO_CLASSES), TimmBackbone("test_resnet", output_stride=8), head_channels=8)
+    module = AuxSegNetModule(network, num_classes=len(DEMO_CLASSES), lr=0.01, cam_scales=(1.0,), test_modes=["ss"],
+                             **module_kwargs)  # fmt: skip
+    module.enter_stage(-1, 0, 1, reset_optimizer=False)
+    datamodule = WSSSDataModule(root=str(demo / "VOCdevkit" / "VOC2012"), dataset="voc", crop_size=32, batch_size=2,
+                                num_workers=0)  # fmt: skip
+    name = "_".join(f"{k}-{v}" for k, v in module_kwargs.items()) + f"_ckpt-{checkpointing}_nan-{nan_call}"
+    checkpoints = tmp_path / name / "checkpoints"
+    callbacks = [ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0, every_n_train_steps=1)]
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, limit_train_batches=5, limit_val_batches=0, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path / name,
+        callbacks=callbacks if checkpointing else [], enable_checkpointing=checkpointing,
+    )  # fmt: skip
+    names: list[list[str]] = []
+    monkeypatch.setattr(
+        module, "on_train_batch_start",
+        lambda batch, idx, base=module.on_train_batch_start: (names.append(list(batch["name"])), base(batch, idx)),
+    )  # fmt: skip
+    error = None
+    try:
+        trainer.fit(module, datamodule)
+    except NonFiniteLossError as caught:
+        error = caught
+    return error, module, names, checkpoints
+
+
+@pytest.mark.parametrize("checkpointing", [True, False], ids=["checkpoint-every-step", "no-checkpoints"])
+def test_deferred_nan_guard_skips_the_update_and_stops_with_the_sync_guards_weights(
+    tmp_path: Path, monkeypatch, checkpointing: bool
+) -> None:
+    """nonfinite_check: deferred (no host-device sync per step) ends where the sync guard ends: the bad step's update
+    is skipped on the device, the run stops naming that step and its batch, the parameters equal the sync run's."""
+    fused = {"optimizer_kernel": "fused"}
+    sync_error, sync_module, _, sync_dir = _nan_at_third_step_fit(tmp_path, monkeypatch, checkpointing, **fused)
+    error, module, names, checkpoints = _nan_at_third_step_fit(
+        tmp_path, monkeypatch, checkpointing, **fused, nonfinite_check="deferred"
+    )
+    assert sync_error is not None and error is not None
+    message = str(error)
+    assert "loss is NaN/Inf at global step 2" in message and "update was skipped on the device" in message
+    assert ", ".join(names[2]) in message, "the bad batch's ids, not the next one's"
+    expected = dict(sync_module.named_parameters())
+    for key, value in module.named_parameters():
+        assert torch.equal(value, expected[key]), key
+    # Without a checkpoint after the bad step, the next step's forward ran before the verdict was read: the BatchNorm
+    # statistics have seen one more batch (finite); with one, the whole state equals the sync run's.
+    buffers = dict(sync_module.named_buffers())
+    assert all(bool(torch.isfinite(v).all()) for v in buffers.values() if v.is_floating_point())
+    if checkpointing:
+        assert all(torch.equal(value, buffers[key]) for key, value in module.named_buffers())
+    if checkpointing:  # a checkpoint after the bad step is never written: the resolution runs before it
+        assert str(checkpoints / "nonfinite-step2.ckpt") in message
+        for name in ("last.ckpt", "nonfinite-step2.ckpt"):
+            state = torch.load(checkpoints / name, map_location="cpu", weights_only=True)["state_dict"]
+            reference = torch.load(sync_dir / name, map_location="cpu", weights_only=True)["state_dict"]
+            assert all(torch.equal(state[k], reference[k]) for k in reference)
+
+
+def test_deferred_nan_guard_needs_a_fused_optimizer_and_lets_finite_runs_finish(tmp_path: Path, monkeypatch) -> None:
+    from wsss_lightning.models import AuxSegNetPlus, TimmBackbone
+    from wsss_lightning.modules import AuxSegNetModule
+    from wsss_lightning.modules.nonfinite import DeferredFiniteCheck, NonFiniteLossError
+
+    network = AuxSegNetPlus(len(DEMO_CLASSES), TimmBackbone("test_resnet", output_stride=8), head_channels=8)
+    with pytest.raises(ValueError, match="optimizer_kernel: fused"):
+        AuxSegNetModule(network, num_classes=len(DEMO_CLASSES), nonfinite_check="deferred")
+    with pytest.raises(ValueError, match="optimizer_kernel must be one of"):
+        AuxSegNetModule(network, num_classes=len(DEMO_CLASSES), optimizer_kernel="apex")
+    module = AuxSegNetModule(network, num_classes=len(DEMO_CLASSES), optimizer_kernel="fused")
+    assert module.configure_optimizers()["optimizer"].defaults["fused"] is True
+
+    # the check on its own: a bad gradient skips the fused update (weights and momentum) and is raised later
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([weight], lr=0.1, momentum=0.9, fused=True)
+    weight.grad = torch.ones(3)
+    optimizer.step()  # a finite first step: the momentum buffer exists
+    state = (weight.detach().clone(), optimizer.state[weight]["momentum_buffer"].clone())
+    check = DeferredFiniteCheck()
+    weight.grad = torch.tensor([1.0, float("nan"), 1.0])
+    check.submit(L.LightningModule(), optimizer, [torch.tensor(0.5)], [weight.grad], ["a"])
+    optimizer.step()
+    assert torch.equal(weight, state[0]) and torch.equal(optimizer.state[weight]["momentum_buffer"], state[1])
+    with pytest.raises(NonFiniteLossError, match="gradient is not finite .*batch ids: a"):
+        check.resolve(L.LightningModule())
+    check.resolve(L.LightningModule())  # resolved once: nothing pending
+    weight.grad = torch.ones(3)
+    check.submit(L.LightningModule(), optimizer, [torch.tensor(0.5)], [weight.grad], ["b"])
+    optimizer.step()
+    assert not torch.equal(weight, state[0]), "a finite step updates"
+    check.resolve(L.LightningModule())
+    check.submit(L.LightningModule(), optimizer, [torch.tensor(float("inf"))], None, ["c"])  # losses only
+    with pytest.raises(NonFiniteLossError, match="loss is not finite .*batch ids: c"):
+        check.resolve(L.LightningModule())
+
+    # a finite fit in deferred mode runs to its end and trains as the sync guard does
+    finite = {"nan_call": None, "optimizer_kernel": "fused"}
+    error, deferred, _, _ = _nan_at_third_step_fit(tmp_path, monkeypatch, True, **finite, nonfinite_check="deferred")
+    assert error is None and deferred.trainer.global_step == 5
+    _, synced, _, _ = _nan_at_third_step_fit(tmp_path, monkeypatch, True, **finite)
+    assert all(torch.equal(v, synced.state_dict()[k]) for k, v in deferred.state_dict().items())
+
+
 @pytest.mark.slow
 def test_two_runs_of_one_seed_are_identical_even_under_cpu_load(demo, tmp_path):
     """Nothing depends on timing: data workers, the CRF pool and the label writes are ordered by seeds and names,

@@ -195,6 +195,10 @@ def test_adam_groups_and_step_decay_restarting_at_stage_two() -> None:
     assert [factors[0](s) for s in (6610, 9610)] == [0.0, 0.0]
     with pytest.raises(ValueError, match="two networks"):
         module.enter_stage(2, 0, None, reset_optimizer=True)
+    assert not optimizer.defaults["fused"] and not optimizer.defaults["foreach"]  # torch's default kernel
+    for kernel in ("foreach", "fused"):  # the optimizer_kernel switch reaches Adam, same groups
+        switched = _module(optimizer_kernel=kernel).configure_optimizers()["optimizer"]
+        assert switched.defaults[kernel] is True and len(switched.param_groups) == 2
 
 
 def test_first_network_two_trains_stage_two_from_callback_stage_zero() -> None:

@@ -93,8 +93,8 @@ class AuxSegNetModule(WSSSModule):
             None: no CRF) and its ``inference`` preset the ``*_crf`` test modes (``auxseg_inference``).
         **kwargs: evaluation arguments and speed switches of :class:`WSSSModule` (``val_modes``, ``test_modes``,
             ``eval_scales``, ``scale_fusion``, ``saliency_protocol``, ``predict_mode``, ``channels_last``,
-            ``compile``, ``compile_backend``, ``compile_mode``; under ``bf16-mixed`` the affinity softmaxes still run
-            in float32).
+            ``compile``, ``compile_backend``, ``compile_mode``, ``optimizer_kernel``, ``nonfinite_check``; under
+            ``bf16-mixed`` the affinity softmaxes still run in float32).
     """
 
     parts = MethodParts(saliency=True, cam=True, affinity=True, classifier=True)
@@ -191,7 +191,13 @@ class AuxSegNetModule(WSSSModule):
         optimizer: torch.optim.Optimizer
         if hp.optimizer == "adam":
             betas = tuple(hp.adam_betas)  # as SSNetModule: a YAML list becomes Adam's tuple
-            optimizer = torch.optim.Adam(groups_with_params, lr=hp.lr, betas=betas, weight_decay=hp.weight_decay)
+            optimizer = torch.optim.Adam(
+                groups_with_params,
+                lr=hp.lr,
+                betas=betas,
+                weight_decay=hp.weight_decay,
+                **self.optimizer_kernel_kwargs(),
+            )
         else:
             optimizer = torch.optim.SGD(
                 groups_with_params,
@@ -199,6 +205,7 @@ class AuxSegNetModule(WSSSModule):
                 momentum=hp.momentum,
                 weight_decay=hp.weight_decay,
                 nesterov=hp.nesterov and hp.momentum > 0,
+                **self.optimizer_kernel_kwargs(),
             )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.poly_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -39,7 +39,7 @@ from wsss_lightning.modules.inference import (
     gate_absent_classes,
     segmentation_probabilities,
 )
-from wsss_lightning.modules.nonfinite import batch_ids, check_step_finite
+from wsss_lightning.modules.nonfinite import DeferredFiniteCheck, batch_ids, check_step_finite
 from wsss_lightning.modules.protocol import LabelBatch, MethodParts
 from wsss_lightning.modules.rng import capture_rng_states, restore_rng_states
 from wsss_lightning.pseudo.dense_crf import DenseCRF, PydenseCRF
@@ -50,6 +50,11 @@ log = logging.getLogger(__name__)
 DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
 #: ``torch.compile`` modes the ``compile_mode`` switch accepts (None = the default mode).
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: The optimiser kernels the ``optimizer_kernel`` switch selects (torch's per-tensor default, foreach, fused).
+OPTIMIZER_KERNELS = ("default", "foreach", "fused")
+#: The NaN/Inf guard: ``sync`` decides before each update (one host-device sync per step); ``deferred`` skips a bad
+#: update on the device and decides a step later (no sync; needs ``optimizer_kernel: fused``). modules/nonfinite.py.
+NONFINITE_CHECKS = ("sync", "deferred")
 
 
 def _key(name: str) -> str:
@@ -107,6 +112,12 @@ class WSSSModule(L.LightningModule, ABC):
             fewer kernel launches, more memory), ``"max-autotune"`` or ``"max-autotune-no-cudagraphs"``. CUDA graphs
             reuse their output buffers: checked by the training benchmark only, not with the several forwards per
             batch of flip / multi-scale inference (a GPU run must check those before it is a default).
+        optimizer_kernel: the optimiser's kernel, passed to torch's SGD / Adam: ``default`` (torch's choice),
+            ``foreach`` or ``fused`` (one kernel for all parameters; on CUDA and CPU). Same update up to rounding.
+        nonfinite_check: the NaN/Inf guard (``modules/nonfinite.py``). ``sync`` (default): checked before every
+            update, one host-device synchronisation per step. ``deferred``: the bad update is skipped on the device
+            (the fused optimiser's ``found_inf``) and the run stops one step later, without a per-step sync; needs
+            ``optimizer_kernel: fused``. Both keep the weights finite and name the bad step and its batch.
     """
 
     #: the optional parts of the method (see ``modules/protocol.py``)
@@ -131,10 +142,24 @@ class WSSSModule(L.LightningModule, ABC):
         compile: bool = False,
         compile_backend: str = "inductor",
         compile_mode: str | None = None,
+        optimizer_kernel: str = "default",
+        nonfinite_check: str = "sync",
     ) -> None:
         super().__init__()
         if compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
+        if optimizer_kernel not in OPTIMIZER_KERNELS:
+            raise ValueError(f"optimizer_kernel must be one of {OPTIMIZER_KERNELS}, got {optimizer_kernel!r}")
+        if nonfinite_check not in NONFINITE_CHECKS:
+            raise ValueError(f"nonfinite_check must be one of {NONFINITE_CHECKS}, got {nonfinite_check!r}")
+        if nonfinite_check == "deferred" and optimizer_kernel != "fused":
+            raise ValueError(
+                "nonfinite_check='deferred' skips a NaN/Inf update on the device through the fused optimiser's "
+                "found_inf: set optimizer_kernel: fused as well (or keep nonfinite_check: sync)"
+            )
+        self.optimizer_kernel = optimizer_kernel
+        self.nonfinite_check = nonfinite_check
+        self._deferred_check = DeferredFiniteCheck()
         self.channels_last = channels_last
         self.compile = compile
         self.compile_backend = compile_backend
@@ -303,7 +328,9 @@ class WSSSModule(L.LightningModule, ABC):
     # ------------------------------------------------------------------------------------------ exact resume
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the RNG states (torch CPU/CUDA, numpy, python) of the training steps: dropout resumes exactly."""
+        """Keep the RNG states (torch CPU/CUDA, numpy, python) of the training steps: dropout resumes exactly.
+        With the deferred NaN/Inf guard, a pending bad verdict stops the run before this checkpoint is written."""
+        self._deferred_check.resolve(self)
         checkpoint["rng_states"] = capture_rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -313,6 +340,16 @@ class WSSSModule(L.LightningModule, ABC):
 
     def on_train_epoch_start(self) -> None:
         self._pending_losses = []
+
+    def on_train_epoch_end(self) -> None:
+        self._deferred_check.resolve(self)  # the epoch's last step, before stage logic acts on its weights
+
+    def on_train_end(self) -> None:
+        self._deferred_check.resolve(self)
+
+    def optimizer_kernel_kwargs(self) -> dict[str, bool]:
+        """The keyword that selects the ``optimizer_kernel`` switch's kernel in torch's SGD / Adam constructors."""
+        return {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[self.optimizer_kernel]
 
     def on_before_backward(self, loss: Tensor) -> None:
         """Keep the loss for the NaN/Inf check before the optimiser step (no host-device sync here)."""
@@ -328,7 +365,11 @@ class WSSSModule(L.LightningModule, ABC):
         if not scaled:
             grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         losses, self._pending_losses = self._pending_losses, []
-        check_step_finite(self, losses, grads, self._train_batch_ids)
+        if self.nonfinite_check == "deferred":
+            self._deferred_check.resolve(self)  # the previous step's verdict, on the host by now: no wait
+            self._deferred_check.submit(self, optimizer, losses, grads, self._train_batch_ids)
+        else:
+            check_step_finite(self, losses, grads, self._train_batch_ids)
 
     def lr_segment_steps(self) -> int:
         """Optimiser steps of the current schedule segment (a stage, or the whole run without stages)."""

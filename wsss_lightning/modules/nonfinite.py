@@ -11,17 +11,25 @@ as well would stall a GPU between forward and backward, and cost a second collec
 * the still-finite weights are saved to ``<checkpoint dir>/nonfinite-step<N>.ckpt`` for inspection (not a
   ``last*`` name: ``--ckpt_path last`` keeps resuming from the previous periodic checkpoint);
 * :class:`NonFiniteLossError` names the global step, the epoch, the batch's image ids and the checkpoint.
+
+That synchronisation makes the host wait, once per step, for the device to finish the backward before it queues the
+update and the next forward. ``nonfinite_check: deferred`` (:class:`DeferredFiniteCheck`, needs a fused optimiser)
+removes the wait: the same finiteness flag, reduced over the ranks on the device, is handed to the fused optimiser as
+its ``found_inf`` (the kernel then skips the whole update, as under a GradScaler), copied to the host asynchronously
+and read one step later. The weights stay finite and the run stops one step later with the same message.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
@@ -102,15 +110,99 @@ def _stop_if_bad(module: L.LightningModule, bad: bool, what: str, ids: list[str]
             raise NonFiniteLossError(f"the {what} is not finite (batch ids: {', '.join(ids) or 'unknown'})")
         return
     bad = bool(trainer.strategy.reduce_boolean_decision(bad, all=False))  # any rank -> every rank stops
-    if not bad:
-        return
-    step = trainer.global_step
+    if bad:
+        _raise_nonfinite(trainer, what, ids, trainer.global_step, trainer.current_epoch, "The weights before this step")
+
+
+def _raise_nonfinite(trainer: L.Trainer, what: str, ids: list[str], step: int, epoch: int, weights: str) -> None:
+    """Save the (finite) state as ``nonfinite-step<step>.ckpt`` and raise; every rank must get here together."""
     path = _save_finite_state(trainer, step)
     message = (
-        f"the training {what} is NaN/Inf at global step {step} (epoch {trainer.current_epoch}); batch ids on rank "
-        f"{trainer.global_rank}: {', '.join(ids) or 'unknown'}. The weights before this step (all finite) were "
+        f"the training {what} is NaN/Inf at global step {step} (epoch {epoch}); batch ids on rank "
+        f"{trainer.global_rank}: {', '.join(ids) or 'unknown'}. {weights} (all finite) were "
         f"saved to {path}; the previous last.ckpt is untouched. Check these images and their labels/saliency "
         "(`wsss data check`), lower the learning rate, or use 32-bit precision"
     )
     log.error(message)
     raise NonFiniteLossError(message)
+
+
+@dataclass
+class _PendingVerdict:
+    """One optimiser step's verdict on its way to the host: ``[loss bad, gradient bad, any rank bad]``."""
+
+    flags: Tensor  # (3,) float32 on the CPU (pinned when copied from CUDA)
+    event: Any  # torch.cuda.Event recorded after the copy, or None when the copy was synchronous
+    step: int
+    epoch: int
+    ids: list[str]
+
+
+class DeferredFiniteCheck:
+    """The NaN/Inf guard without a host-device synchronisation per step (``nonfinite_check: deferred``).
+
+    :meth:`submit` computes the step's finiteness on the device, reduces it over the ranks there (an all-reduce the
+    host does not wait for), sets it as the fused optimiser's ``found_inf`` — the fused SGD/Adam kernels then skip
+    the whole update, weights and optimiser state, without a host decision — and starts an asynchronous copy to the
+    host. :meth:`resolve` reads the previous verdict (its copy finished long ago) at the next optimiser step, at the
+    epoch's and the fit's end and before any checkpoint is written, and raises :class:`NonFiniteLossError` like the
+    synchronous check: every rank holds the same reduced flag, so all stop together. The parameters then equal the
+    synchronous guard's; when no checkpoint came between, the next step's forward has already run, so BatchNorm
+    statistics have seen one more batch. A step skipped as the first of an optimiser leaves its momentum buffers
+    uninitialised; the run stops there anyway, before a checkpoint is taken.
+    """
+
+    def __init__(self) -> None:
+        self._pending: _PendingVerdict | None = None
+
+    def submit(
+        self,
+        module: L.LightningModule,
+        optimizer: torch.optim.Optimizer,
+        losses: list[Tensor],
+        grads: list[Tensor] | None,
+        ids: list[str],
+    ) -> None:
+        """Start the check of one step before its update (``grads`` None under a GradScaler: losses only, the
+        scaler then owns ``found_inf``)."""
+        flags = []
+        if losses:
+            flags.append(~torch.isfinite(torch.stack([loss.detach().float().reshape(()) for loss in losses])).all())
+        if grads:
+            flags.append(~_finite_flag(grads))
+        if not flags:
+            return
+        bad = torch.stack(flags).float()
+        bad = torch.cat([bad, bad.new_zeros(2 - len(flags))]) if losses else torch.cat([bad.new_zeros(1), bad])
+        any_bad = bad.max().reshape(1)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(any_bad, op=dist.ReduceOp.MAX)  # queued on the device; the host does not wait
+        if grads:
+            optimizer.found_inf = any_bad.reshape(())  # type: ignore[attr-defined]  # read by fused SGD / Adam
+        verdict = torch.cat([bad, any_bad])
+        cuda = verdict.device.type == "cuda"
+        host = verdict.to("cpu", non_blocking=cuda)
+        event = None
+        if cuda:
+            event = torch.cuda.Event()
+            event.record()
+        trainer = module._trainer
+        step, epoch = (trainer.global_step, trainer.current_epoch) if trainer is not None else (0, 0)
+        self._pending = _PendingVerdict(host, event, step, epoch, list(ids))
+
+    def resolve(self, module: L.LightningModule) -> None:
+        """Raise :class:`NonFiniteLossError` if the last submitted step was not finite (on any rank)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if pending.event is not None:
+            pending.event.synchronize()  # recorded a step ago: already passed
+        loss_bad, _grad_bad, any_bad = pending.flags.tolist()
+        if not any_bad:
+            return
+        what = "loss" if loss_bad else "gradient"
+        trainer = module._trainer
+        if trainer is None:
+            raise NonFiniteLossError(f"the {what} is not finite (batch ids: {', '.join(pending.ids) or 'unknown'})")
+        weights = "Its update was skipped on the device (the fused optimiser's found_inf), so the weights before it"
+        _raise_nonfinite(trainer, what, pending.ids, pending.step, pending.epoch, weights)

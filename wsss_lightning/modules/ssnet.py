@@ -275,6 +275,7 @@ class SSNetModule(WSSSModule):
 
     def on_train_epoch_end(self) -> None:
         """Stop (or warn) when the saliency map has collapsed to a constant over the epoch (see ``collapse.py``)."""
+        super().on_train_epoch_end()
         mean_std = self.collapse_guard.epoch_mean()
         if mean_std is None:
             return
@@ -290,7 +291,9 @@ class SSNetModule(WSSSModule):
             if params:
                 groups.append({"params": params, "lr": lr, "name": f"stage{network}"})
                 factors.append(partial(self.group_lr_factor, network))
-        optimizer = torch.optim.Adam(groups, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        optimizer = torch.optim.Adam(
+            groups, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, **self.optimizer_kernel_kwargs()
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
