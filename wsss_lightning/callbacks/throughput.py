@@ -17,6 +17,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from wsss_lightning.utils.log_cadence import logs_this_step
+
 __all__ = ["RateWindow", "Throughput", "count_images"]
 
 
@@ -67,7 +69,8 @@ class Throughput(Callback):
     """Logs ``train/images_per_s`` (sliding window, every step it is logged) and ``train/epoch_images_per_s``.
 
     Both are global rates (rank-0 rate × world size). They go to every logger at the trainer's
-    ``log_every_n_steps`` cadence, and to the progress bar with ``prog_bar=True``.
+    ``log_every_n_steps`` cadence (the step rate is logged only on those steps unless it is shown in the progress
+    bar: each ``log`` call costs host time), and to the progress bar with ``prog_bar=True``.
 
     Args:
         window: training batches the step rate is averaged over.
@@ -106,7 +109,7 @@ class Throughput(Callback):
         self._epoch_end = now
         self._epoch_images += images
         rate = self.window.rate()
-        if rate is not None:
+        if rate is not None and (self.prog_bar or logs_this_step(trainer)):
             # A CPU tensor: Lightning turns a Python number into a tensor on the module's device, a blocking copy
             # (one GPU synchronisation per step); the logged value stays on the CPU instead.
             pl_module.log(

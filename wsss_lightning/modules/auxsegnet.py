@@ -170,9 +170,7 @@ class AuxSegNetModule(WSSSModule):
             # DDP's gradient reducer sees every parameter (no find_unused_parameters needed).
             total = total + 0.0 * (out.seg_refined.float().mean() + out.sal_refined.float().mean())
         batch_size = batch["image"].shape[0]
-        for name, value in losses.items():
-            self.log(f"train/{name}", value.detach(), batch_size=batch_size)
-        self.log("train/loss", total.detach(), prog_bar=True, batch_size=batch_size)
+        self.log_training_losses(losses, total, batch_size)
         return total
 
     def configure_optimizers(self):

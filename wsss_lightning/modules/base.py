@@ -44,6 +44,7 @@ from wsss_lightning.modules.protocol import LabelBatch, MethodParts
 from wsss_lightning.modules.rng import capture_rng_states, restore_rng_states
 from wsss_lightning.pseudo.dense_crf import DenseCRF, PydenseCRF
 from wsss_lightning.pseudo.label_set import LabelLayout, LabelSet
+from wsss_lightning.utils.log_cadence import logs_this_step
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +258,14 @@ class WSSSModule(L.LightningModule, ABC):
                 module.to(memory_format=torch.channels_last)
             if self.compile and module._compiled_call_impl is None:
                 module.compile(backend=self.compile_backend, mode=self.compile_mode)
+
+    def log_training_losses(self, losses: dict[str, Tensor], total: Tensor, batch_size: int) -> None:
+        """Log ``train/loss`` every step (the progress bar shows it) and ``train/<name>`` for each loss on the steps
+        whose values reach the loggers (``utils/log_cadence.py``: the other calls only cost host time)."""
+        if logs_this_step(self._trainer):
+            for name, value in losses.items():
+                self.log(f"train/{name}", value.detach(), batch_size=batch_size)
+        self.log("train/loss", total.detach(), prog_bar=True, batch_size=batch_size)
 
     def prepare_images(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` images in the memory format the network runs in (channels-last when switched on)."""

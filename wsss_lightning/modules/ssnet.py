@@ -242,9 +242,7 @@ class SSNetModule(WSSSModule):
         if inactive:
             total = total + 0.0 * torch.stack(inactive).sum()
         batch_size = batch["seg"]["image"].shape[0]
-        for name, value in losses.items():
-            self.log(f"train/{name}", value.detach(), batch_size=batch_size)
-        self.log("train/loss", total.detach(), prog_bar=True, batch_size=batch_size)
+        self.log_training_losses(losses, total, batch_size)
         return total
 
     def compute_losses(self, seg_batch: dict[str, Any], sal_batch: dict[str, Any]) -> dict[str, Tensor]:
