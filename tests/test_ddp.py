@@ -66,15 +66,15 @@ class RankProbe(L.Callback):
         out.write_text(json.dumps({"world_size": trainer.world_size, "records": self.records}))
 
 
-class NaNLabelOnRankOne(L.Callback):
-    """Runs inside the ``wsss fit`` processes: rank 1's image labels of batch ``batch_idx`` become NaN, so only that
-    rank's loss is NaN (its gradients, and after the all-reduce every rank's, are then NaN too)."""
+class NaNLabelOnLastRank(L.Callback):
+    """Runs inside the ``wsss fit`` processes: the last rank's image labels of global step ``step`` become NaN, so
+    only that rank's loss is NaN (its gradients, and after the all-reduce every rank's, are then NaN too)."""
 
-    def __init__(self, batch_idx: int = 2) -> None:
-        self.batch_idx = batch_idx
+    def __init__(self, step: int = 2) -> None:
+        self.step = step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if trainer.global_rank == 1 and trainer.global_step == self.batch_idx:
+        if trainer.global_rank == trainer.world_size - 1 and trainer.global_step == self.step:
             batch["cls_label"].fill_(float("nan"))
 
 
@@ -139,19 +139,18 @@ def test_ddp_pipeline_writes_each_label_once_and_metrics_match_one_process(tmp_p
             assert two["saliency"]["ECSSD"][key] == pytest.approx(value, abs=1e-6)
 
 
-@pytest.mark.parametrize("check", ["sync", "deferred"])
-def test_a_nan_on_one_rank_stops_both_ranks_with_finite_weights(tmp_path: Path, check: str) -> None:
-    """Both NaN/Inf guards decide together over the ranks: a NaN loss on rank 1 only stops the two processes (no
-    rank hangs in a collective), naming the step; the state saved then is finite."""
+def check_nan_on_one_rank(tmp_path: Path, check: str, accelerator: str = "cpu", devices: int = 2) -> None:
+    """Fit with a NaN loss on the last rank at step 2: every rank stops (none hangs in a collective) naming the step,
+    through the ``check`` guard (``sync`` / ``deferred``), and the state saved then is finite."""
     import torch
 
     demo = tmp_path / "demo"
     generate_demo(demo, seed=2, **{**TINY_SETTINGS, "num_train_aug": 24})
     run = tmp_path / "run"
     trainer = {
-        "accelerator": "cpu", "devices": 2, "strategy": "ddp", "default_root_dir": str(run), "logger": False,
-        "enable_progress_bar": False, "num_sanity_val_steps": 0, "limit_val_batches": 0,
-        "callbacks": [checkpoint_callback(run), {"class_path": "test_ddp.NaNLabelOnRankOne"}],
+        "accelerator": accelerator, "devices": devices, "strategy": "ddp", "default_root_dir": str(run),
+        "logger": False, "enable_progress_bar": False, "num_sanity_val_steps": 0, "limit_val_batches": 0,
+        "callbacks": [checkpoint_callback(run), {"class_path": "test_ddp.NaNLabelOnLastRank"}],
     }  # fmt: skip
     model = {"optimizer_kernel": "fused", "nonfinite_check": check}
     config = write_tiny_config(demo, run, trainer, num_stages=1, batch_size=2, model=model)
@@ -162,6 +161,12 @@ def test_a_nan_on_one_rank_stops_both_ranks_with_finite_weights(tmp_path: Path, 
     assert ("update was skipped on the device" in output) == (check == "deferred")
     state = torch.load(run / "checkpoints" / "nonfinite-step2.ckpt", map_location="cpu", weights_only=True)
     assert all(bool(torch.isfinite(v).all()) for v in state["state_dict"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("check", ["sync", "deferred"])
+def test_a_nan_on_one_rank_stops_both_ranks_with_finite_weights(tmp_path: Path, check: str) -> None:
+    """Both NaN/Inf guards decide together over the two gloo ranks (the NCCL version: test_ddp_gpu.py)."""
+    check_nan_on_one_rank(tmp_path, check)
 
 
 def _check_probe(probe: Path, labels: Path) -> None:

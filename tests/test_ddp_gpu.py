@@ -26,7 +26,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from test_ddp import _wsss
+from test_ddp import _wsss, check_nan_on_one_rank
 from tiny_config import checkpoint_callback, write_tiny_config
 
 from wsss_lightning.data.demo import TINY_SETTINGS, generate_demo
@@ -161,3 +161,10 @@ def check_ddp_pipeline(tmp_path: Path, devices: int, accelerator: str = "gpu", b
 
 def test_nccl_ddp_on_every_gpu_fit_refresh_test_equals_one_process(tmp_path: Path) -> None:
     check_ddp_pipeline(tmp_path, devices=torch.cuda.device_count())
+
+
+@pytest.mark.parametrize("check", ["sync", "deferred"])
+def test_a_nan_on_one_gpu_stops_every_rank_with_finite_weights(tmp_path: Path, check: str) -> None:
+    """The NaN/Inf guards under NCCL on every visible GPU, the deferred one through its CUDA path (the fused kernel's
+    found_inf on the device, the verdict copied to pinned memory and read a step later): every rank stops."""
+    check_nan_on_one_rank(tmp_path, check, accelerator="gpu", devices=torch.cuda.device_count())
