@@ -351,7 +351,9 @@ class WSSSModule(L.LightningModule, ABC):
         self._pending_losses = []
 
     def on_train_epoch_end(self) -> None:
-        self._deferred_check.resolve(self)  # the epoch's last step, before stage logic acts on its weights
+        # the epoch's last step (callbacks' epoch-end hooks, the label refresh among them, run before this one: the
+        # weights they see are finite, the bad update having been skipped)
+        self._deferred_check.resolve(self)
 
     def on_train_end(self) -> None:
         self._deferred_check.resolve(self)

@@ -58,9 +58,21 @@ def batch_ids(batch: Any, limit: int = 64) -> list[str]:
     return found[:limit]
 
 
-def _finite_flag(tensors: list[Tensor]) -> Tensor:
-    """0-dim bool tensor on the tensors' device: every element finite (one fused norm, no host-device sync)."""
-    return torch.isfinite(torch.nn.utils.get_total_norm([t.detach() for t in tensors], norm_type=2.0))
+def _step_bad_flags(losses: list[Tensor], grads: list[Tensor] | None) -> Tensor | None:
+    """``(2,)`` float32 on the tensors' device: ``[any loss non-finite, any gradient non-finite]`` (1.0 / 0.0; an
+    absent kind counts as finite), with no host-device sync; None when there is nothing to check."""
+    flags = []
+    if losses:
+        flags.append(~torch.isfinite(torch.stack([loss.detach().float().reshape(()) for loss in losses])).all())
+    if grads:  # one fused norm over all gradients, no per-tensor Python loop
+        flags.append(~torch.isfinite(torch.nn.utils.get_total_norm([g.detach() for g in grads], norm_type=2.0)))
+    if not flags:
+        return None
+    bad = torch.stack(flags).float()
+    if len(flags) == 2:
+        return bad
+    absent = bad.new_zeros(1)
+    return torch.cat([bad, absent]) if losses else torch.cat([absent, bad])
 
 
 def _save_finite_state(trainer: L.Trainer, step: int) -> Path | None:
@@ -88,18 +100,13 @@ def check_step_finite(
         grads: the gradients about to be applied; None skips them (a GradScaler skips non-finite steps itself).
         ids: the image ids of the batch being trained on.
     """
-    flags = []
-    if losses:
-        flags.append(torch.isfinite(torch.stack([loss.detach().float().reshape(()) for loss in losses])).all())
-    if grads:
-        flags.append(_finite_flag(grads))
-    if not flags:
+    bad = _step_bad_flags(losses, grads)
+    if bad is None:
         return
-    ok = [bool(flag) for flag in torch.stack(flags).tolist()]  # the one sync
-    loss_ok = ok[0] if losses else True
+    loss_bad, grad_bad = bad.tolist()  # the one sync
     # "loss" when this rank's loss is bad; "gradient" when only its gradients are; named after the local rank's view
-    what = "loss" if not loss_ok else "gradient"
-    _stop_if_bad(module, not all(ok), what, ids)
+    what = "loss" if loss_bad else "gradient"
+    _stop_if_bad(module, bool(loss_bad or grad_bad), what, ids)
 
 
 def _stop_if_bad(module: L.LightningModule, bad: bool, what: str, ids: list[str]) -> None:
@@ -165,15 +172,9 @@ class DeferredFiniteCheck:
     ) -> None:
         """Start the check of one step before its update (``grads`` None under a GradScaler: losses only, the
         scaler then owns ``found_inf``)."""
-        flags = []
-        if losses:
-            flags.append(~torch.isfinite(torch.stack([loss.detach().float().reshape(()) for loss in losses])).all())
-        if grads:
-            flags.append(~_finite_flag(grads))
-        if not flags:
+        bad = _step_bad_flags(losses, grads)
+        if bad is None:
             return
-        bad = torch.stack(flags).float()
-        bad = torch.cat([bad, bad.new_zeros(2 - len(flags))]) if losses else torch.cat([bad.new_zeros(1), bad])
         any_bad = bad.max().reshape(1)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(any_bad, op=dist.ReduceOp.MAX)  # queued on the device; the host does not wait
