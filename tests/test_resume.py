@@ -276,44 +276,11 @@ def test_kill_between_last_batch_and_stage_switch_redoes_the_switch(demo, refere
 
 def test_nan_loss_stops_with_step_and_ids_and_keeps_last_checkpoint_finite(tmp_path: Path, monkeypatch) -> None:
     """A NaN loss at step 2 stops fit naming the step and the batch ids; last.ckpt (step 2) stays finite."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from wsss_lightning.data.datamodule import WSSSDataModule
-    from wsss_lightning.models import AuxSegNetPlus, TimmBackbone
-    from wsss_lightning.modules import AuxSegNetModule, auxsegnet
     from wsss_lightning.modules.nonfinite import NonFiniteLossError
 
-    demo = tmp_path / "demo"
-    generate_demo(demo, seed=0, **{**TINY_SETTINGS, "num_train_aug": 12, "num_val": 2})
-    calls = {"n": 0}
-    original = auxsegnet.multilabel_soft_margin
-
-    def nan_at_third_step(logits, target):
-        calls["n"] += 1
-        loss = original(logits, target)
-        return loss * float("nan") if calls["n"] == 3 else loss
-
-    monkeypatch.setattr(auxsegnet, "multilabel_soft_margin", nan_at_third_step)
-    L.seed_everything(0)
-    network = AuxSegNetPlus(len(DEMO_CLASSES), TimmBackbone("test_resnet", output_stride=8), head_channels=8)
-    module = AuxSegNetModule(network, num_classes=len(DEMO_CLASSES), lr=0.01, cam_scales=(1.0,), test_modes=["ss"])
-    module.enter_stage(-1, 0, 1, reset_optimizer=False)  # classification warm-up phase
-    datamodule = WSSSDataModule(root=str(demo / "VOCdevkit" / "VOC2012"), dataset="voc", crop_size=32, batch_size=2,
-                                num_workers=0)  # fmt: skip
-    checkpoints = tmp_path / "checkpoints"
-    trainer = L.Trainer(
-        accelerator="cpu", max_epochs=1, limit_train_batches=5, limit_val_batches=0, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-        callbacks=[ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0, every_n_train_steps=1)],
-    )  # fmt: skip
-    names: list[list[str]] = []
-    monkeypatch.setattr(
-        module, "on_train_batch_start",
-        lambda batch, idx, base=module.on_train_batch_start: (names.append(list(batch["name"])), base(batch, idx)),
-    )  # fmt: skip
-    with pytest.raises(NonFiniteLossError) as error:
-        trainer.fit(module, datamodule)
-    message = str(error.value)
+    error, module, names, checkpoints = _nan_at_third_step_fit(tmp_path, monkeypatch, checkpointing=True)
+    assert isinstance(error, NonFiniteLossError)
+    message = str(error)
     assert "loss is NaN/Inf at global step 2" in message
     assert ", ".join(names[2]) in message, "the batch's image ids are named"
     assert str(checkpoints / "nonfinite-step2.ckpt") in message
