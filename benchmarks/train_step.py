@@ -107,15 +107,13 @@ def child_plain(args) -> dict:
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     net = net.to(device, memory_format=memory_format).train()
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    # The module only supplies the optimiser recipe (same groups, lr, poly schedule); the loop is plain PyTorch.
-    module = AuxSegNetModule(net, lr=7e-4)
+    # The module only supplies the optimiser recipe (same groups, lr, poly schedule, SGD kernel); the loop is plain
+    # PyTorch.
+    module = AuxSegNetModule(net, lr=7e-4, optimizer_kernel=args.sgd)
     steps = args.warmup + args.steps
     module.lr_segment_steps = lambda: steps  # type: ignore[method-assign]
     optim = module.configure_optimizers()
     optimizer, scheduler = optim["optimizer"], optim["lr_scheduler"]["scheduler"]
-    if args.sgd != "default":  # the same groups and schedule, another SGD kernel
-        optimizer = torch.optim.SGD(optimizer.param_groups, **{args.sgd: True})
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, scheduler.lr_lambdas)
     if args.compile:
         net.compile(mode=args.compile_mode)
     ends = [time.perf_counter()]
@@ -278,7 +276,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--sgd",
         default="default",
         choices=["default", "foreach", "fused"],
-        help="SGD kernel (plain loop; Lightning: the module's optimizer_kernel)",
+        help="SGD kernel (the module's optimizer_kernel, in both loops)",
     )
     parser.add_argument(
         "--nonfinite-check",
