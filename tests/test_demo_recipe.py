@@ -3,7 +3,7 @@
 The recipe of ``configs/demo_auxseg.yaml`` as shipped (packaged ImageNet EfficientNet-Lite0, warm-up, stages with
 label refreshes) on the default demo dataset, as `make demo` fits it (no logger) but with its first 2 of 4 stages:
 the poly schedule restarts at every stage, so these are the same first two stages and label sets, for half the
-time of the whole fit (about 5 minutes on 2 CPU cores instead of 9-13). The initial labels must hold foreground for
+time of the whole fit (about 6 minutes on 2 CPU cores instead of 9-13). The initial labels must hold foreground for
 at least 80 % of the images (the classifier fires for the images' own classes), and every later label set must beat
 the initial one — labels that improve stage by stage, not only a run that ends (docs/results.md, seed 0:
 49.3 -> 52.9 -> 56.0 over these sets; the whole `make demo` goes on to 56.4 -> 56.7).

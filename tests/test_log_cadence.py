@@ -42,7 +42,6 @@ def _fit(demo: Path, tmp_path: Path, monkeypatch, every_step: bool) -> tuple[Rec
     from wsss_lightning.modules import AuxSegNetModule
 
     if every_step:  # the previous behaviour: every training step logs every value
-        monkeypatch.setattr(log_cadence, "logs_this_step", lambda trainer: True)
         monkeypatch.setattr("wsss_lightning.modules.base.logs_this_step", lambda trainer: True)
         monkeypatch.setattr("wsss_lightning.callbacks.throughput.logs_this_step", lambda trainer: True)
     clock = iter(range(1000))  # a fake clock: the logged rates are the same in both runs
