@@ -305,3 +305,75 @@ def test_multiscale_flip_crf_inference_agrees_between_backends(tiny_demo: Path) 
         assert equal >= MIN_AGREEMENT, (path.name, equal)
         changed += int((labels[PydenseCRF] != plain).sum())
     assert changed > 0, "the CRF changed no label: the comparison would be vacuous"
+
+
+# ------------------------------------------------------------------------------------------------ batched device CRF
+
+
+def _sized_cases(shapes: list[tuple[int, int]], labels: int, seed: int) -> tuple[list, list, list]:
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in shapes]
+    probs = [rng.dirichlet(np.ones(labels), size=(h, w)).transpose(2, 0, 1).astype(np.float32) for h, w in shapes]
+    saliencies = [rng.uniform(0, 1, (h, w)).astype(np.float32) for h, w in shapes]
+    return images, probs, saliencies
+
+
+@pytest.mark.parametrize("backend", ["pydensecrf", "torch"])
+def test_batched_crf_methods_equal_the_one_image_calls(backend: str) -> None:
+    """``refine_inference_batch`` / ``refine_saliency_batch`` (one lattice per kernel for TorchCRF, a loop for
+    pydensecrf) give each image's own result, whatever the sizes in the batch."""
+    from wsss_lightning.pseudo.dense_crf import PydenseCRF, TorchCRF
+
+    crf = PydenseCRF() if backend == "pydensecrf" else TorchCRF()
+    images, probs, saliencies = _sized_cases([(23, 31), (17, 12), (30, 30)], labels=5, seed=11)
+    if backend == "torch":
+        images = [torch.from_numpy(i) for i in images]
+        probs = [torch.from_numpy(p) for p in probs]
+        saliencies = [torch.from_numpy(s) for s in saliencies]
+    batched = crf.refine_inference_batch(images, probs)
+    for image, p, q in zip(images, probs, batched, strict=True):
+        np.testing.assert_allclose(np.asarray(q), np.asarray(crf.refine_inference(image, p)), atol=1e-5)
+        assert np.asarray(q).shape == tuple(p.shape)
+    batched_sal = crf.refine_saliency_batch(images, saliencies)
+    for image, s, q in zip(images, saliencies, batched_sal, strict=True):
+        np.testing.assert_allclose(np.asarray(q), np.asarray(crf.refine_saliency(image, s)), atol=1e-5)
+        assert np.asarray(q).shape == tuple(s.shape)
+    assert crf.refine_inference_batch([], []) == [] and crf.refine_saliency_batch([], []) == []
+    with pytest.raises(ValueError, match="2 images but 1 saliency maps"):
+        crf.refine_saliency_batch(images[:2], saliencies[:1])
+    with pytest.raises(ValueError, match="1 images but 2 probability maps"):
+        crf.refine_inference_batch(images[:1], probs[:2])
+
+
+def test_torch_crf_without_a_saliency_preset_returns_the_maps() -> None:
+    from wsss_lightning.pseudo.dense_crf import TorchCRF
+
+    images, _, saliencies = _sized_cases([(8, 9), (5, 6)], labels=2, seed=12)
+    maps = [torch.from_numpy(s) for s in saliencies]
+    out = TorchCRF(saliency=None).refine_saliency_batch([torch.from_numpy(i) for i in images], maps)
+    assert all(a is b for a, b in zip(out, maps, strict=True))
+
+
+def test_crf_refine_of_a_padded_batch_equals_one_image_at_a_time() -> None:
+    """``crf_refine`` (the ``*_crf`` modes) on a padded batch of two sizes: the device CRF's one-lattice batch gives
+    the labels of the one-image calls, and agrees with pydensecrf."""
+    from wsss_lightning.models.resnet38 import IMAGENET_MEAN, IMAGENET_STD
+    from wsss_lightning.modules.inference import crf_refine
+    from wsss_lightning.pseudo.dense_crf import PydenseCRF, TorchCRF
+
+    generator = torch.Generator().manual_seed(13)
+    raw = torch.randint(0, 256, (2, 3, 40, 52), generator=generator).float() / 255.0
+    raw = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(raw, 4), size=(40, 52), mode="nearest")
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    images = (raw - mean) / std
+    probs = torch.softmax(3.0 * torch.randn(2, 6, 40, 52, generator=generator), dim=1)
+    sizes = torch.tensor([[40, 52], [29, 37]])  # the second image is padded
+    batched = crf_refine(images, probs, sizes, TorchCRF())
+    one_by_one = [crf_refine(images[i : i + 1], probs[i : i + 1], sizes[i : i + 1], TorchCRF())[0] for i in range(2)]
+    reference = crf_refine(images, probs, sizes, PydenseCRF())
+    for got, single, ref, (h, w) in zip(batched, one_by_one, reference, sizes.tolist(), strict=True):
+        assert got.shape == (h, w) and got.dtype == torch.uint8
+        assert torch.equal(got, single)
+        assert (got == ref).float().mean().item() >= MIN_AGREEMENT
+    unrefined = [p[:, :h, :w].argmax(0).to(torch.uint8) for p, (h, w) in zip(probs, sizes.tolist(), strict=True)]
+    assert any(not torch.equal(a, b) for a, b in zip(batched, unrefined, strict=True)), "the CRF changed nothing"

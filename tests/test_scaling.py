@@ -317,3 +317,33 @@ def test_chunk_rows_shrink_for_large_n_so_memory_stays_bounded(monkeypatch: pyte
     assert max(rows_built) <= 2 + 2
     assert torch.allclose(a.seg_refined, b.seg_refined, atol=1e-5)
     assert torch.allclose(a.sal_refined, b.sal_refined, atol=1e-5)
+
+
+def test_label_jobs_with_the_device_crf_equal_the_pool_crf(tmp_path: Path) -> None:
+    """A refresh batch with ``TorchCRF`` (the saliency CRF of the whole padded batch in the main process, one
+    lattice) writes the labels and saliency maps the pydensecrf pool jobs write."""
+    from PIL import Image
+
+    from wsss_lightning.pseudo.dense_crf import TorchCRF
+    from wsss_lightning.pseudo.jobs import run_fusion_job
+
+    batch = _batch(size=48, batch=2)
+    batch["ori_size"] = torch.tensor([[48, 48], [37, 43]])  # the second image is padded
+    outputs = {}
+    for name, crf in (("pool", PydenseCRF()), ("device", TorchCRF())):
+        module = _module(crf=crf).eval()
+        with torch.no_grad():
+            result = module.label_batch(batch, "refined", LabelSet(tmp_path / name))
+        assert all((job.crf is None) == (name == "device") for job in result.jobs)
+        for job in result.jobs:
+            run_fusion_job(job)
+        outputs[name] = result.jobs
+    for pool_job, device_job in zip(outputs["pool"], outputs["device"], strict=True):
+        expected_saliency = saliency_crf(pool_job.image, np.clip(pool_job.saliency, 0, 1))
+        assert device_job.saliency.shape == expected_saliency.shape
+        np.testing.assert_allclose(device_job.saliency, expected_saliency, atol=1e-4)
+        for kind in ("seg", "sal"):
+            pool_map = np.array(Image.open(tmp_path / "pool" / kind / f"{pool_job.name}.png"))
+            device_map = np.array(Image.open(tmp_path / "device" / kind / f"{device_job.name}.png"))
+            assert pool_map.shape == device_map.shape == expected_saliency.shape
+            assert (pool_map == device_map).mean() >= 0.99, kind

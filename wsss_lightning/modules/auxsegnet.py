@@ -308,11 +308,14 @@ class AuxSegNetModule(WSSSModule):
             extra_labels["raw_cam"] = self._cam_only_labels(*raw_peak)
             other = cams if label_cams is raw else raw
         crf = self._saliency_crf(kind)
-        if crf is not None and not crf.runs_in_pool:  # a device CRF refines here; the pool jobs only fuse
+        if crf is not None and not crf.runs_in_pool:  # a device CRF refines here, the batch at once; the jobs fuse
             saliency = saliency.clone()
-            for index, (h, w) in enumerate(sizes):
-                refined = crf.refine_saliency(batch["raw"][index, :h, :w], saliency[index, :h, :w].clamp(0, 1))
-                saliency[index, :h, :w] = refined
+            refined = crf.refine_saliency_batch(
+                [batch["raw"][index, :h, :w] for index, (h, w) in enumerate(sizes)],
+                [saliency[index, :h, :w].clamp(0, 1) for index, (h, w) in enumerate(sizes)],
+            )
+            for index, ((h, w), refined_map) in enumerate(zip(sizes, refined, strict=True)):
+                saliency[index, :h, :w] = refined_map
             crf = None
         ablation = self._fused_ablation(kind)
         if ablation is not None and other is not None:  # the label from the other CAM, same saliency

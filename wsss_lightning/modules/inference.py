@@ -144,14 +144,16 @@ def crf_refine(
     Returns:
         label maps ``uint8 (h_i, w_i)`` on ``probs``' device.
     """
-    labels = []
+    raws, normalised = [], []
     for image, prob, (height, width) in zip(images, probs, sizes.tolist()):
-        raw = denormalize_image(image[:, :height, :width], mean, std)  # uint8 (h, w, 3) numpy
+        raws.append(denormalize_image(image[:, :height, :width], mean, std))  # uint8 (h, w, 3) numpy
         p = prob[:, :height, :width].float()
-        p = p / p.sum(0, keepdim=True).clamp_min(1e-8)
-        if crf.runs_in_pool:
-            marginals = torch.from_numpy(np.asarray(crf.refine_inference(raw, p.cpu().numpy())))
-        else:
-            marginals = crf.refine_inference(torch.from_numpy(raw).to(p.device), p)
-        labels.append(marginals.argmax(0).to(device=probs.device, dtype=torch.uint8))
-    return labels
+        normalised.append(p / p.sum(0, keepdim=True).clamp_min(1e-8))
+    if crf.runs_in_pool:
+        marginals = [
+            torch.from_numpy(np.asarray(crf.refine_inference(raw, p.cpu().numpy())))
+            for raw, p in zip(raws, normalised, strict=True)
+        ]
+    else:  # a device CRF filters the whole batch through one lattice per kernel
+        marginals = crf.refine_inference_batch([torch.from_numpy(raw).to(probs.device) for raw in raws], normalised)
+    return [m.argmax(0).to(device=probs.device, dtype=torch.uint8) for m in marginals]

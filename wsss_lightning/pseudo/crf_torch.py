@@ -44,6 +44,7 @@ __all__ = [
     "dense_crf_torch",
     "dense_crf_torch_batch",
     "saliency_crf_torch",
+    "saliency_crf_torch_batch",
     "saliency_unary_torch",
 ]
 
@@ -586,3 +587,31 @@ def dense_crf_torch_batch(
     imgs = [_image_hwc(img, _check_probs(p), target) for img, p in zip(images, probs_t, strict=True)]
     qs = TorchDenseCRF(imgs, params).inference_batch([_softmax_unary(p) for p in probs_t])
     return [q.cpu().numpy() if np_out else q for q, np_out in zip(qs, as_numpy, strict=True)]
+
+
+def saliency_crf_torch_batch(
+    images: Sequence[ArrayLike],
+    saliencies: Sequence[ArrayLike],
+    params: ParamsLike = "auxseg_saliency",
+    tau: float = 1.05,
+    device: torch.device | str | None = None,
+) -> list[ArrayLike]:
+    """:func:`saliency_crf_torch` on several images (sizes may differ) through one lattice per kernel.
+
+    A refresh batch's saliency CRF (1 iteration) is mostly lattice construction: one lattice for the batch
+    launches the same kernels once instead of once per image. Returns numpy arrays for numpy saliency maps.
+    """
+    if len(images) != len(saliencies):
+        raise ValueError(f"got {len(images)} images but {len(saliencies)} saliency maps")
+    if not saliencies:
+        return []
+    as_numpy = [isinstance(s, np.ndarray) for s in saliencies]
+    sal_t = [_to_tensor(s, device) for s in saliencies]
+    target = sal_t[0].device
+    sal_t = [s.to(target) for s in sal_t]
+    for s in sal_t:
+        if s.ndim != 2:
+            raise ValueError(f"saliency must be (H, W), got shape {tuple(s.shape)}")
+    imgs = [_image_hwc(img, (int(s.shape[0]), int(s.shape[1])), target) for img, s in zip(images, sal_t, strict=True)]
+    qs = TorchDenseCRF(imgs, params).inference_batch([saliency_unary_torch(s, tau) for s in sal_t])
+    return [q[1].cpu().numpy() if np_out else q[1] for q, np_out in zip(qs, as_numpy, strict=True)]

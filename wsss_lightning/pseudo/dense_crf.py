@@ -15,7 +15,7 @@ needs it: the inference modes, the label jobs of a refresh and ``wsss pseudolabe
   the CRF worker processes, overlapping the next forward pass.
 * :class:`TorchCRF`: the permutohedral-lattice CRF of ``pseudo/crf_torch.py`` on the tensors' device (GPU or CPU),
   equal to pydensecrf to ~1e-8 on our presets. Label jobs call it in the main process before handing the results
-  to the writer pool.
+  to the writer pool; the ``*_batch`` methods filter a whole batch through one lattice (fewer kernel launches).
 
 Configure::
 
@@ -29,6 +29,7 @@ Configure::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -94,6 +95,18 @@ class DenseCRF(ABC):
             return saliency
         return self.saliency_marginal(image, saliency, self.saliency, self.saliency_tau)
 
+    def refine_inference_batch(self, images: Sequence[Any], probs: Sequence[Any]) -> list[Any]:
+        """:meth:`refine_inference` of several images (sizes may differ): a loop here; a device backend
+        overrides it to filter the batch at once. Same results as the loop."""
+        _check_lengths(images, probs, "probability maps")
+        return [self.refine_inference(image, p) for image, p in zip(images, probs, strict=True)]
+
+    def refine_saliency_batch(self, images: Sequence[Any], saliencies: Sequence[Any]) -> list[Any]:
+        """:meth:`refine_saliency` of several images (sizes may differ); a loop here, batched by a device
+        backend. Same results as the loop."""
+        _check_lengths(images, saliencies, "saliency maps")
+        return [self.refine_saliency(image, s) for image, s in zip(images, saliencies, strict=True)]
+
     def refine_labels(self, image: Any, probs: Any) -> Any:
         """``labels`` preset (SSNet label synthesis); the probabilities themselves without one."""
         return probs if self.labels is None else self.marginals(image, probs, self.labels)
@@ -145,6 +158,31 @@ class TorchCRF(DenseCRF):
 
         with _float32(saliency):
             return saliency_crf_torch(image, saliency, params, tau)
+
+    def refine_inference_batch(self, images: Sequence[Any], probs: Sequence[Any]) -> list[Any]:
+        """One lattice per kernel for the whole batch (``dense_crf_torch_batch``)."""
+        from wsss_lightning.pseudo.crf_torch import dense_crf_torch_batch
+
+        _check_lengths(images, probs, "probability maps")
+        if not probs:
+            return []
+        with _float32(probs[0]):
+            return dense_crf_torch_batch(images, probs, self.inference)
+
+    def refine_saliency_batch(self, images: Sequence[Any], saliencies: Sequence[Any]) -> list[Any]:
+        """One lattice per kernel for the whole batch (``saliency_crf_torch_batch``)."""
+        from wsss_lightning.pseudo.crf_torch import saliency_crf_torch_batch
+
+        _check_lengths(images, saliencies, "saliency maps")
+        if self.saliency is None or not saliencies:
+            return list(saliencies)
+        with _float32(saliencies[0]):
+            return saliency_crf_torch_batch(images, saliencies, self.saliency, self.saliency_tau)
+
+
+def _check_lengths(images: Sequence[Any], maps: Sequence[Any], what: str) -> None:
+    if len(images) != len(maps):
+        raise ValueError(f"got {len(images)} images but {len(maps)} {what}")
 
 
 def _float32(x: Any) -> Any:
