@@ -15,7 +15,8 @@
 #             guard synchronous and deferred), a
 #             torch.profiler breakdown of the baseline step, pinned memory (Lightning runs pin already),
 #             torch.compile lever, AuxSegNet+ (dual), fp32 with 20 steps (the periodic slow step), inference modes
-#             with the torch CRF, the refresh with pydensecrf workers, CUDA graphs (compile mode reduce-overhead)
+#             with the torch CRF, the refresh with pydensecrf workers, the refresh with the torch CRF one image at a
+#             time (against refresh_torch's one lattice per batch), CUDA graphs (compile mode reduce-overhead)
 #   summary   $OUT/gpu_session.json + gpu_session.md (benchmarks/gpu_session_summary.py, after every step)
 #
 # Outputs (at most 8 files come back from the device machine, so everything is bundled into four):
@@ -170,6 +171,8 @@ step inference_torch 60 30 "$PY" benchmarks/inference_modes.py --device cuda --c
   --modes ss,ss_crf,ms,ms_flip,ms_flip_crf --json "$WORK/inference_torch.json"
 step refresh_pydensecrf 60 35 "$PY" benchmarks/pseudo_refresh.py --device cuda --crf pydensecrf --images 16 \
   --configs 8x8+cl+bf16 --json "$WORK/refresh_pydensecrf.json"
+step refresh_torch_loop 60 35 "$PY" benchmarks/pseudo_refresh.py --device cuda --crf torch-loop --images 32 \
+  --configs 8x4+cl+bf16 --json "$WORK/refresh_torch_loop.json"
 step train_lever_cuda_graphs 200 120 "${TRAIN[@]}" "${BF16CL[@]}" --affinity pairwise --compile \
   --compile-mode reduce-overhead --variants plain --json "$WORK/train_lever_cuda_graphs.json"
 

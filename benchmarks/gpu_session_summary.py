@@ -180,7 +180,7 @@ def summarize(work: Path) -> dict[str, Any]:
     raw = _load(work / "crf_torch.json")
     if raw:
         summary["crf"] = crf_summary(raw)
-    for crf in ("torch", "pydensecrf"):
+    for crf in ("torch", "pydensecrf", "torch_loop"):
         raw = _load(work / f"refresh_{crf}.json")
         if raw:
             summary["refresh"][crf] = refresh_summary(raw)
@@ -255,6 +255,17 @@ def verdicts(s: dict[str, Any]) -> list[list[str]]:
         rows.append(["refresh ≥ 20 img/s at 500×375 (official ≈ 2.1 img/s)", f"{best:.1f} img/s (torch CRF)", verdict])
     else:
         rows.append(["refresh ≥ 20 img/s at 500×375", "not measured", "-"])
+    loop = s["refresh"].get("torch_loop")
+    shared = sorted(set(loop["paths"]) & set(refresh["paths"])) if (loop and refresh) else []
+    shared = [name for name in shared if name.startswith("pipeline")]
+    if shared:
+        name = shared[-1]
+        batched, single = refresh["paths"][name]["images_per_s"], loop["paths"][name]["images_per_s"]
+        rows.append([f"lever: the torch CRF's batch through one lattice vs one image at a time ({name})",
+                     f"{batched:.1f} vs {single:.1f} img/s",
+                     f"{batched / single:.2f}× (keep `batch_images: null` = on for CUDA if > 1)"])  # fmt: skip
+    else:
+        rows.append(["lever: the torch CRF's batch through one lattice vs one image at a time", "not measured", "-"])
     tests = s.get("pytest_gpu") or {}
     ddp = {k: v for k, v in tests.items() if "ddp_gpu" in k}
     if ddp:

@@ -1,6 +1,7 @@
 """Pseudo-label refresh: our pipeline against one image at a time with the CRF inline (the official code's way).
 
-``python benchmarks/pseudo_refresh.py [--quick] [--images 6] [--height 375 --width 500] [--crf pydensecrf|torch]
+``python benchmarks/pseudo_refresh.py [--quick] [--images 6] [--height 375 --width 500]
+[--crf pydensecrf|torch|torch-loop]
 [--json out.json]``
 
 Both paths run the same label-update job of :class:`~wsss_lightning.modules.AuxSegNetModule` (``kind="refined"``:
@@ -21,7 +22,9 @@ and is not timed. The labels written by each pipeline are compared pixel by pixe
 
 ``--crf`` picks the run's dense CRF (``pseudo/dense_crf.py``), as ``model.init_args.crf`` does in a config:
 ``pydensecrf`` (default; the saliency CRF runs in the CRF workers on the CPU) or ``torch`` (the permutohedral torch
-CRF on ``--device``, in the main process, right after the forward; the workers then only fuse and write PNGs).
+CRF on ``--device``, in the main process, right after the forward; the workers then only fuse and write PNGs; on
+CUDA a batch's images go through one lattice) or ``torch-loop`` (the same, one image at a time: ``batch_images:
+false``).
 """
 
 from __future__ import annotations
@@ -138,7 +141,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
-        "--crf", default="pydensecrf", choices=["pydensecrf", "torch"], help="dense CRF backend (PydenseCRF / TorchCRF)"
+        "--crf",
+        default="pydensecrf",
+        choices=["pydensecrf", "torch", "torch-loop"],
+        help="PydenseCRF, TorchCRF (a batch through one lattice on CUDA), or TorchCRF one image at a time",
     )
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -154,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     device = torch.device(args.device)
-    crf = TorchCRF() if args.crf == "torch" else PydenseCRF()
+    crf = {"torch": TorchCRF(), "torch-loop": TorchCRF(batch_images=False)}.get(args.crf, PydenseCRF())
     module = AuxSegNetModule(build_network(args.backbone, affinity=args.affinity), crf=crf).eval().to(device)
     configs = []
     for spec in args.configs.split(","):
@@ -193,13 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.backbone == "resnet38" and (args.height, args.width) == (375, 500):
         rows.append(["official AuxSegNet (reference)", OFFICIAL["seconds_per_image"], 1 / 3.70, "-", "-"])
     seq = results["sequential"]
-    crf_device = args.device if args.crf == "torch" else "cpu"
+    crf_device = args.device if args.crf.startswith("torch") else "cpu"
     print(f"Pseudo-label refresh (label update), {args.backbone} {args.affinity}, {args.height}x{args.width}, "
           f"{args.images} timed images per path, {args.crf} CRF on {crf_device}")  # fmt: skip
     header = ["path", "s / image", "images / s", "speed-up vs sequential", "label pixels equal to sequential"]
     print(markdown_table(header, rows))
     first, second = ("forward + propagation", "CRF + fusion + writes")
-    if args.crf == "torch":  # the device CRF runs inside label_batch, the workers only fuse and write
+    if args.crf.startswith("torch"):  # the device CRF runs inside label_batch, the workers only fuse and write
         first, second = "forward + propagation + torch CRF", "fusion + writes"
     print(f"\nsequential split: {first} {seq['forward_s']:.3f} s, {second} {seq['crf_fusion_write_s']:.3f} s per image")
     write_json(args.json, {"args": vars(args), "results": results, "parent": machine()})

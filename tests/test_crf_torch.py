@@ -318,15 +318,17 @@ def _sized_cases(shapes: list[tuple[int, int]], labels: int, seed: int) -> tuple
     return images, probs, saliencies
 
 
-@pytest.mark.parametrize("backend", ["pydensecrf", "torch"])
+@pytest.mark.parametrize("backend", ["pydensecrf", "torch", "torch-loop"])
 def test_batched_crf_methods_equal_the_one_image_calls(backend: str) -> None:
-    """``refine_inference_batch`` / ``refine_saliency_batch`` (one lattice per kernel for TorchCRF, a loop for
-    pydensecrf) give each image's own result, whatever the sizes in the batch."""
+    """``refine_inference_batch`` / ``refine_saliency_batch`` (one lattice per kernel for TorchCRF with
+    ``batch_images``, a loop otherwise) give each image's own result, whatever the sizes in the batch (two images
+    share a size: their spatial lattice is filtered once, as channels)."""
     from wsss_lightning.pseudo.dense_crf import PydenseCRF, TorchCRF
 
-    crf = PydenseCRF() if backend == "pydensecrf" else TorchCRF()
-    images, probs, saliencies = _sized_cases([(23, 31), (17, 12), (30, 30)], labels=5, seed=11)
-    if backend == "torch":
+    crfs = {"pydensecrf": PydenseCRF(), "torch": TorchCRF(batch_images=True), "torch-loop": TorchCRF()}
+    crf = crfs[backend]
+    images, probs, saliencies = _sized_cases([(23, 31), (17, 12), (23, 31), (30, 30)], labels=5, seed=11)
+    if backend != "pydensecrf":
         images = [torch.from_numpy(i) for i in images]
         probs = [torch.from_numpy(p) for p in probs]
         saliencies = [torch.from_numpy(s) for s in saliencies]
@@ -355,8 +357,8 @@ def test_torch_crf_without_a_saliency_preset_returns_the_maps() -> None:
 
 
 def test_crf_refine_of_a_padded_batch_equals_one_image_at_a_time() -> None:
-    """``crf_refine`` (the ``*_crf`` modes) on a padded batch of two sizes: the device CRF's one-lattice batch gives
-    the labels of the one-image calls, and agrees with pydensecrf."""
+    """``crf_refine`` (the ``*_crf`` modes) on a padded batch of two sizes: the torch CRF's one-lattice batch (what
+    it runs on CUDA) gives the labels of the one-image calls, and agrees with pydensecrf."""
     from wsss_lightning.models.resnet38 import IMAGENET_MEAN, IMAGENET_STD
     from wsss_lightning.modules.inference import crf_refine
     from wsss_lightning.pseudo.dense_crf import PydenseCRF, TorchCRF
@@ -368,7 +370,7 @@ def test_crf_refine_of_a_padded_batch_equals_one_image_at_a_time() -> None:
     images = (raw - mean) / std
     probs = torch.softmax(3.0 * torch.randn(2, 6, 40, 52, generator=generator), dim=1)
     sizes = torch.tensor([[40, 52], [29, 37]])  # the second image is padded
-    batched = crf_refine(images, probs, sizes, TorchCRF())
+    batched = crf_refine(images, probs, sizes, TorchCRF(batch_images=True))
     one_by_one = [crf_refine(images[i : i + 1], probs[i : i + 1], sizes[i : i + 1], TorchCRF())[0] for i in range(2)]
     reference = crf_refine(images, probs, sizes, PydenseCRF())
     for got, single, ref, (h, w) in zip(batched, one_by_one, reference, sizes.tolist(), strict=True):
@@ -377,3 +379,13 @@ def test_crf_refine_of_a_padded_batch_equals_one_image_at_a_time() -> None:
         assert (got == ref).float().mean().item() >= MIN_AGREEMENT
     unrefined = [p[:, :h, :w].argmax(0).to(torch.uint8) for p, (h, w) in zip(probs, sizes.tolist(), strict=True)]
     assert any(not torch.equal(a, b) for a, b in zip(batched, unrefined, strict=True)), "the CRF changed nothing"
+
+
+def test_torch_crf_batches_on_cuda_by_default_and_as_told_otherwise() -> None:
+    from types import SimpleNamespace
+
+    from wsss_lightning.pseudo.dense_crf import TorchCRF
+
+    on_cuda = SimpleNamespace(device=torch.device("cuda"))  # no GPU needed: only the device type is read
+    assert TorchCRF()._batches(on_cuda) and not TorchCRF()._batches(torch.zeros(1))
+    assert not TorchCRF(batch_images=False)._batches(on_cuda) and TorchCRF(batch_images=True)._batches(torch.zeros(1))

@@ -27,7 +27,13 @@ def test_session_script_parses_and_writes_what_the_summary_reads() -> None:
     assert subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True).returncode == 0
     text = SCRIPT.read_text()
     written = set(re.findall(r'--json "\$WORK/(\w+)\.json"', text))
-    read = set(gpu_session_summary.TRAIN_RUNS) | {"crf_torch", "refresh_torch", "refresh_pydensecrf", "inference_torch"}
+    read = set(gpu_session_summary.TRAIN_RUNS) | {
+        "crf_torch",
+        "refresh_torch",
+        "refresh_pydensecrf",
+        "refresh_torch_loop",
+        "inference_torch",
+    }
     assert written == read
     for name in written:  # each result file comes from the step of the same name
         assert re.search(rf"^step {name} ", text, re.MULTILINE), name
@@ -96,6 +102,10 @@ def test_summary_of_a_fake_session(tmp_path: Path) -> None:
                            "pipeline (batch 8, 4 CRF workers)": {"seconds": 1.28, "images": 32,
                                                                  "label_pixels_equal": 1.0}}}  # fmt: skip
     (work / "refresh_torch.json").write_text(json.dumps(refresh))
+    loop = {"args": {"images": 32, "crf": "torch-loop"},
+            "results": {"pipeline (batch 8, 4 CRF workers)": {"seconds": 1.6, "images": 32,
+                                                              "label_pixels_equal": 1.0}}}  # fmt: skip
+    (work / "refresh_torch_loop.json").write_text(json.dumps(loop))
     (work / "steps.jsonl").write_text(json.dumps({"name": "crf_torch", "status": "ok", "rc": 0, "seconds": 30}) + "\n")
     (work / "pytest_gpu.xml").write_text(
         '<testsuites><testsuite><testcase classname="tests.test_ddp_gpu" name="test_nccl" time="61.5"/>'
@@ -121,6 +131,10 @@ def test_summary_of_a_fake_session(tmp_path: Path) -> None:
     assert verdicts["lever: torch.compile mode reduce-overhead = CUDA graphs (plain)"][1] == "not measured"
     assert verdicts["refresh ≥ 20 img/s at 500×375 (official ≈ 2.1 img/s)"][1:] == ["25.0 img/s (torch CRF)",
                                                                                    "met, 11.8× official"]  # fmt: skip
+    batch_row = (
+        "lever: the torch CRF's batch through one lattice vs one image at a time (pipeline (batch 8, 4 CRF workers))"
+    )
+    assert verdicts[batch_row][1] == "25.0 vs 20.0 img/s" and verdicts[batch_row][2].startswith("1.25×")
     assert summary["pytest_gpu"]["tests.test_ddp_gpu::test_nccl"]["outcome"] == "passed"
     terms = summary["e2e_estimate"]["terms"]
     # Lightning with wsss fit's callbacks, timed over a window (the train_window step): mean of 196 and 200 img/s

@@ -319,9 +319,11 @@ def test_chunk_rows_shrink_for_large_n_so_memory_stays_bounded(monkeypatch: pyte
     assert torch.allclose(a.sal_refined, b.sal_refined, atol=1e-5)
 
 
-def test_label_jobs_with_the_device_crf_equal_the_pool_crf(tmp_path: Path) -> None:
-    """A refresh batch with ``TorchCRF`` (the saliency CRF of the whole padded batch in the main process, one
-    lattice) writes the labels and saliency maps the pydensecrf pool jobs write."""
+@pytest.mark.parametrize("batch_images", [True, None])
+def test_label_jobs_with_the_device_crf_equal_the_pool_crf(batch_images: bool | None, tmp_path: Path) -> None:
+    """A refresh batch with ``TorchCRF`` (the saliency CRF of the padded batch in the main process: one lattice, as
+    on CUDA, or one image at a time, as on a CPU by default) writes the labels and saliency maps the pydensecrf pool
+    jobs write."""
     from PIL import Image
 
     from wsss_lightning.pseudo.dense_crf import TorchCRF
@@ -330,7 +332,7 @@ def test_label_jobs_with_the_device_crf_equal_the_pool_crf(tmp_path: Path) -> No
     batch = _batch(size=48, batch=2)
     batch["ori_size"] = torch.tensor([[48, 48], [37, 43]])  # the second image is padded
     outputs = {}
-    for name, crf in (("pool", PydenseCRF()), ("device", TorchCRF())):
+    for name, crf in (("pool", PydenseCRF()), ("device", TorchCRF(batch_images=batch_images))):
         module = _module(crf=crf).eval()
         with torch.no_grad():
             result = module.label_batch(batch, "refined", LabelSet(tmp_path / name))

@@ -331,6 +331,35 @@ def _bilateral_features(image: Tensor, sxy: float, srgb: float) -> Tensor:
     return features.reshape(height * width, 5)
 
 
+class _PerImageGaussian:
+    """The spatial kernel of one or several images (flattened one after the other) from each size's cached lattice.
+
+    Images of one size are filtered together as extra channels of one product (the lattice is the same), so a batch
+    of equal-sized images costs one filtering and no lattice construction after the first batch of that size.
+    """
+
+    def __init__(self, shapes: Sequence[tuple[int, int]], sxy: float, weight: float, device: torch.device) -> None:
+        starts = np.cumsum([0] + [h * w for h, w in shapes[:-1]]).tolist()
+        groups: dict[tuple[int, int], list[int]] = {}
+        for start, shape in zip(starts, shapes, strict=True):
+            groups.setdefault(shape, []).append(int(start))
+        self._single = len(shapes) == 1
+        self._groups = [(_gaussian_kernel(h, w, sxy, weight, device), h * w, group) for (h, w), group in groups.items()]
+
+    def message(self, q: Tensor) -> Tensor:
+        """``w * n * L(n * Q)`` of each image's own lattice, for Q (N_total, C)."""
+        if self._single:
+            return self._groups[0][0].message(q)
+        out = torch.empty_like(q)
+        channels = q.shape[1]
+        for kernel, n, group_starts in self._groups:
+            stacked = torch.cat([q[start : start + n] for start in group_starts], dim=1)  # (n, k * C)
+            message = kernel.message(stacked)
+            for index, start in enumerate(group_starts):
+                out[start : start + n] = message[:, index * channels : (index + 1) * channels]
+        return out
+
+
 @functools.lru_cache(maxsize=4)
 def _gaussian_kernel(height: int, width: int, sxy: float, weight: float, device: torch.device) -> _Kernel:
     """Spatial kernel of an (H, W) image, cached (a few MB per entry); clear with ``_gaussian_kernel.cache_clear()``."""
@@ -367,16 +396,10 @@ class TorchDenseCRF:
             sizes = torch.tensor([h * w for h, w in self.shapes], device=self.device)
             segments = torch.repeat_interleave(torch.arange(len(images), device=self.device), sizes)
         p = self.params
-        if segments is None:  # the spatial lattice depends on the image size only: reuse it across images
-            height, width = self.shapes[0]
-            gaussian = _gaussian_kernel(height, width, float(p.gaussian_sxy), float(p.gaussian_compat), self.device)
-        else:
-            features = torch.cat(
-                [_spatial_features(h, w, p.gaussian_sxy, self.device).reshape(h * w, 2) for h, w in self.shapes]
-            )
-            gaussian = _Kernel(features, p.gaussian_compat, segments)
+        # The spatial lattice depends on the image size only: each size's cached lattice, never a joint one
+        gaussian = _PerImageGaussian(self.shapes, float(p.gaussian_sxy), float(p.gaussian_compat), self.device)
         bilateral = torch.cat([_bilateral_features(img, p.bilateral_sxy, p.bilateral_srgb) for img in images])
-        self.kernels = [gaussian, _Kernel(bilateral, p.bilateral_compat, segments)]
+        self.kernels: list[_Kernel | _PerImageGaussian] = [gaussian, _Kernel(bilateral, p.bilateral_compat, segments)]
 
     @property
     def num_pixels(self) -> int:

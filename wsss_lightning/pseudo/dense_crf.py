@@ -15,7 +15,7 @@ needs it: the inference modes, the label jobs of a refresh and ``wsss pseudolabe
   the CRF worker processes, overlapping the next forward pass.
 * :class:`TorchCRF`: the permutohedral-lattice CRF of ``pseudo/crf_torch.py`` on the tensors' device (GPU or CPU),
   equal to pydensecrf to ~1e-8 on our presets. Label jobs call it in the main process before handing the results
-  to the writer pool; the ``*_batch`` methods filter a whole batch through one lattice (fewer kernel launches).
+  to the writer pool; on CUDA the ``*_batch`` methods filter a whole batch through one lattice (``batch_images``).
 
 Configure::
 
@@ -143,9 +143,35 @@ class PydenseCRF(DenseCRF):
 
 class TorchCRF(DenseCRF):
     """The torch CRF (``pseudo/crf_torch.py``) on the device of its inputs: tensors in, tensors out (numpy in,
-    numpy out). Call it in the main process, where the model's tensors are."""
+    numpy out). Call it in the main process, where the model's tensors are.
+
+    Args:
+        batch_images: how the ``*_batch`` methods (a refresh batch's saliency CRF, the ``*_crf`` modes of an eval
+            batch) run: ``True`` filters the batch through one bilateral lattice (each image size's spatial lattice is
+            cached either way), ``False`` one image at a time, ``None`` (default) batches on CUDA only. On a CPU one
+            lattice for 4 images of 500x375 measured 0.5-0.8x the images/s of the loop (the larger working set
+            leaves the caches: docs/benchmarks.md); on a GPU batching saves the per-image kernel launches (to be
+            measured: ``benchmarks/crf_torch.py --device cuda --batch 4``). Results equal the loop's to ~1e-5.
+        **presets: see :class:`DenseCRF`.
+    """
 
     runs_in_pool = False
+
+    def __init__(
+        self,
+        inference: Preset = "auxseg_inference",
+        saliency: Preset | None = "auxseg_saliency",
+        labels: Preset | None = "ssnet",
+        saliency_tau: float = 1.05,
+        batch_images: bool | None = None,
+    ) -> None:
+        super().__init__(inference, saliency, labels, saliency_tau)
+        self.batch_images = batch_images
+
+    def _batches(self, x: Any) -> bool:
+        if self.batch_images is not None:
+            return self.batch_images
+        return getattr(getattr(x, "device", None), "type", "cpu") == "cuda"
 
     def marginals(self, image: Any, probs: Any, params: CRFParams) -> Any:
         from wsss_lightning.pseudo.crf_torch import dense_crf_torch
@@ -160,22 +186,24 @@ class TorchCRF(DenseCRF):
             return saliency_crf_torch(image, saliency, params, tau)
 
     def refine_inference_batch(self, images: Sequence[Any], probs: Sequence[Any]) -> list[Any]:
-        """One lattice per kernel for the whole batch (``dense_crf_torch_batch``)."""
+        """One lattice per kernel for the whole batch (``dense_crf_torch_batch``) when batching, else a loop."""
         from wsss_lightning.pseudo.crf_torch import dense_crf_torch_batch
 
         _check_lengths(images, probs, "probability maps")
-        if not probs:
-            return []
+        if not probs or not self._batches(probs[0]):
+            return super().refine_inference_batch(images, probs)
         with _float32(probs[0]):
             return dense_crf_torch_batch(images, probs, self.inference)
 
     def refine_saliency_batch(self, images: Sequence[Any], saliencies: Sequence[Any]) -> list[Any]:
-        """One lattice per kernel for the whole batch (``saliency_crf_torch_batch``)."""
+        """One lattice per kernel for the whole batch (``saliency_crf_torch_batch``) when batching, else a loop."""
         from wsss_lightning.pseudo.crf_torch import saliency_crf_torch_batch
 
         _check_lengths(images, saliencies, "saliency maps")
         if self.saliency is None or not saliencies:
             return list(saliencies)
+        if not self._batches(saliencies[0]):
+            return super().refine_saliency_batch(images, saliencies)
         with _float32(saliencies[0]):
             return saliency_crf_torch_batch(images, saliencies, self.saliency, self.saliency_tau)
 
