@@ -146,3 +146,54 @@ def test_summary_of_a_fake_session(tmp_path: Path) -> None:
     report = (out / "gpu_session.md").read_text()
     assert "## End-to-end estimate" in report
     assert "## Where the step's time goes (profile)" in report and "| forward/backbone | 10.00 | 25.0 % |" in report
+
+
+def _session_steps() -> dict[str, list[str]]:
+    """Every ``step NAME LIMIT MIN COMMAND...`` of the script as an argv, the script's arrays expanded."""
+    import shlex
+
+    text = SCRIPT.read_text().replace("\\\n", " ")
+    arrays = {
+        name: shlex.split(body) for name, body in re.findall(r"^(\w+)=\((.*?)\)$", text, re.MULTILINE | re.DOTALL)
+    }
+    steps = {}
+    for line in re.findall(r"^step (.+)$", text, re.MULTILINE):
+        for name, words in arrays.items():
+            line = line.replace(f'"${{{name}[@]}}"', " ".join(shlex.quote(w) for w in words))
+        words = shlex.split(line.replace("$WORK", "/tmp/work").replace("$DIR", "/tmp/dir"))
+        steps[words[0]] = words[3:]
+    return steps
+
+
+def test_every_benchmark_step_of_the_session_parses_its_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The device machine gives one 15-minute try: a step whose arguments its script rejects would waste it. Each
+    ``"$PY" benchmarks/<name>.py ...`` step is parsed by that script's own parser here (and its comma lists by the
+    parsers the scripts apply to them)."""
+    import importlib
+
+    import torch
+
+    from wsss_lightning.modules.inference import InferenceMode
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the parsers refuse --device cuda without one
+    steps = _session_steps()
+    unexpanded = [name for name, argv in steps.items() if name != "pytest_gpu" and any("${" in w for w in argv)]
+    assert not unexpanded, f"arrays not expanded in {unexpanded}"  # pytest_gpu's file list comes from mapfile
+    assert {"train_pairwise_bf16_cl", "crf_torch", "refresh_torch", "refresh_torch_loop", "pytest_gpu"} <= set(steps)
+    checked = 0
+    for name, argv in steps.items():
+        if len(argv) < 2 or not argv[1].startswith("benchmarks/"):
+            continue  # pip, python -c, pytest
+        assert argv[0] == "$PY", name
+        module = importlib.import_module("benchmarks." + Path(argv[1]).stem)
+        args = module.parse(argv[2:])  # SystemExit (argparse's error) fails the test with the step's name in the trace
+        if hasattr(args, "device"):
+            assert args.device == "cuda", name
+        if hasattr(args, "configs") and isinstance(args.configs, str):
+            for spec in args.configs.split(","):
+                assert re.fullmatch(r"\d+x\d+(\+cl)?(\+bf16)?", spec), (name, spec)
+        if hasattr(args, "modes") and isinstance(args.modes, str):
+            for mode in args.modes.split(","):
+                InferenceMode.parse(mode)
+        checked += 1
+    assert checked >= 15, checked  # the TRAIN-array steps alone are 13
