@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, overload
 
 import numpy as np
@@ -514,6 +514,12 @@ def _check_probs(probs: Tensor) -> tuple[int, int]:
     return int(probs.shape[1]), int(probs.shape[2])
 
 
+def _check_saliency(saliency: Tensor) -> tuple[int, int]:
+    if saliency.ndim != 2:
+        raise ValueError(f"saliency must be (H, W), got shape {tuple(saliency.shape)}")
+    return int(saliency.shape[0]), int(saliency.shape[1])
+
+
 @overload
 def dense_crf_torch(
     image: np.ndarray, probs: np.ndarray, params: ParamsLike, device: torch.device | str | None = None
@@ -581,11 +587,34 @@ def saliency_crf_torch(
     """
     as_numpy = isinstance(saliency, np.ndarray)
     sal = _to_tensor(saliency, device)
-    if sal.ndim != 2:
-        raise ValueError(f"saliency must be (H, W), got shape {tuple(sal.shape)}")
-    img = _image_hwc(image, (int(sal.shape[0]), int(sal.shape[1])), sal.device)
+    img = _image_hwc(image, _check_saliency(sal), sal.device)
     q = TorchDenseCRF(img, params).inference(saliency_unary_torch(sal, tau))[1]
     return q.cpu().numpy() if as_numpy else q
+
+
+def _crf_batch(
+    images: Sequence[ArrayLike],
+    maps: Sequence[ArrayLike],
+    what: str,
+    size_of: Callable[[Tensor], tuple[int, int]],
+    unary_of: Callable[[Tensor], Tensor],
+    params: ParamsLike,
+    device: torch.device | str | None,
+) -> list[Tensor | np.ndarray]:
+    """Marginals ``(C, H_i, W_i)`` of several images in one :class:`TorchDenseCRF`: ``maps`` are moved to the first
+    one's device (or ``device``), checked and sized by ``size_of``, turned into energies by ``unary_of``; numpy in,
+    numpy out per map."""
+    if len(images) != len(maps):
+        raise ValueError(f"got {len(images)} images but {len(maps)} {what}")
+    if not maps:
+        return []
+    as_numpy = [isinstance(m, np.ndarray) for m in maps]
+    maps_t = [_to_tensor(m, device) for m in maps]
+    target = maps_t[0].device
+    maps_t = [m.to(target) for m in maps_t]
+    imgs = [_image_hwc(img, size_of(m), target) for img, m in zip(images, maps_t, strict=True)]
+    qs = TorchDenseCRF(imgs, params).inference_batch([unary_of(m) for m in maps_t])
+    return [q.cpu().numpy() if np_out else q for q, np_out in zip(qs, as_numpy, strict=True)]
 
 
 def dense_crf_torch_batch(
@@ -594,22 +623,14 @@ def dense_crf_torch_batch(
     params: ParamsLike,
     device: torch.device | str | None = None,
 ) -> list[ArrayLike]:
-    """:func:`dense_crf_torch` on several images (sizes may differ, same C) through one lattice per kernel.
+    """:func:`dense_crf_torch` on several images (sizes may differ, same C) in one CRF: one bilateral lattice for
+    all, each image size's cached spatial lattice.
 
-    Worth it on a GPU for many small images (fewer, larger kernels); on a CPU it is about as fast as a loop.
-    Memory grows with the total pixel count. Returns numpy arrays for numpy probabilities.
+    Fewer, larger kernels: meant for a GPU. On a CPU it measured 0.5x the images/s of a loop (the larger working set
+    leaves the caches; docs/benchmarks.md). Memory grows with the total pixel count. Returns numpy arrays for numpy
+    probabilities.
     """
-    if len(images) != len(probs):
-        raise ValueError(f"got {len(images)} images but {len(probs)} probability maps")
-    if not images:
-        return []
-    as_numpy = [isinstance(p, np.ndarray) for p in probs]
-    probs_t = [_to_tensor(p, device) for p in probs]
-    target = probs_t[0].device
-    probs_t = [p.to(target) for p in probs_t]
-    imgs = [_image_hwc(img, _check_probs(p), target) for img, p in zip(images, probs_t, strict=True)]
-    qs = TorchDenseCRF(imgs, params).inference_batch([_softmax_unary(p) for p in probs_t])
-    return [q.cpu().numpy() if np_out else q for q, np_out in zip(qs, as_numpy, strict=True)]
+    return _crf_batch(images, probs, "probability maps", _check_probs, _softmax_unary, params, device)
 
 
 def saliency_crf_torch_batch(
@@ -619,22 +640,12 @@ def saliency_crf_torch_batch(
     tau: float = 1.05,
     device: torch.device | str | None = None,
 ) -> list[ArrayLike]:
-    """:func:`saliency_crf_torch` on several images (sizes may differ) through one lattice per kernel.
+    """:func:`saliency_crf_torch` on several images (sizes may differ) in one CRF, as :func:`dense_crf_torch_batch`.
 
-    A refresh batch's saliency CRF (1 iteration) is mostly lattice construction: one lattice for the batch
+    A refresh batch's saliency CRF (1 iteration) is mostly lattice construction: one bilateral lattice for the batch
     launches the same kernels once instead of once per image. Returns numpy arrays for numpy saliency maps.
     """
-    if len(images) != len(saliencies):
-        raise ValueError(f"got {len(images)} images but {len(saliencies)} saliency maps")
-    if not saliencies:
-        return []
-    as_numpy = [isinstance(s, np.ndarray) for s in saliencies]
-    sal_t = [_to_tensor(s, device) for s in saliencies]
-    target = sal_t[0].device
-    sal_t = [s.to(target) for s in sal_t]
-    for s in sal_t:
-        if s.ndim != 2:
-            raise ValueError(f"saliency must be (H, W), got shape {tuple(s.shape)}")
-    imgs = [_image_hwc(img, (int(s.shape[0]), int(s.shape[1])), target) for img, s in zip(images, sal_t, strict=True)]
-    qs = TorchDenseCRF(imgs, params).inference_batch([saliency_unary_torch(s, tau) for s in sal_t])
-    return [q[1].cpu().numpy() if np_out else q[1] for q, np_out in zip(qs, as_numpy, strict=True)]
+    marginals = _crf_batch(
+        images, saliencies, "saliency maps", _check_saliency, lambda s: saliency_unary_torch(s, tau), params, device
+    )
+    return [q[1] for q in marginals]  # the foreground marginal (H, W)

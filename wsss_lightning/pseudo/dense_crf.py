@@ -186,24 +186,20 @@ class TorchCRF(DenseCRF):
             return saliency_crf_torch(image, saliency, params, tau)
 
     def refine_inference_batch(self, images: Sequence[Any], probs: Sequence[Any]) -> list[Any]:
-        """One lattice per kernel for the whole batch (``dense_crf_torch_batch``) when batching, else a loop."""
+        """The whole batch in one CRF (``dense_crf_torch_batch``) when batching, else the loop."""
         from wsss_lightning.pseudo.crf_torch import dense_crf_torch_batch
 
-        _check_lengths(images, probs, "probability maps")
         if not probs or not self._batches(probs[0]):
             return super().refine_inference_batch(images, probs)
         with _float32(probs[0]):
             return dense_crf_torch_batch(images, probs, self.inference)
 
     def refine_saliency_batch(self, images: Sequence[Any], saliencies: Sequence[Any]) -> list[Any]:
-        """One lattice per kernel for the whole batch (``saliency_crf_torch_batch``) when batching, else a loop."""
+        """The whole batch in one CRF (``saliency_crf_torch_batch``) when batching, else the loop."""
         from wsss_lightning.pseudo.crf_torch import saliency_crf_torch_batch
 
-        _check_lengths(images, saliencies, "saliency maps")
-        if self.saliency is None or not saliencies:
-            return list(saliencies)
-        if not self._batches(saliencies[0]):
-            return super().refine_saliency_batch(images, saliencies)
+        if self.saliency is None or not saliencies or not self._batches(saliencies[0]):
+            return super().refine_saliency_batch(images, saliencies)  # the loop (the maps as they are without a preset)
         with _float32(saliencies[0]):
             return saliency_crf_torch_batch(images, saliencies, self.saliency, self.saliency_tau)
 
