@@ -48,6 +48,8 @@ from benchmarks.common import (  # noqa: E402
     training_batches,
     write_json,
 )
+from wsss_lightning.models.dilated_conv import DILATED_CONV_IMPLS  # noqa: E402
+from wsss_lightning.modules.base import COMPILE_MODES, NONFINITE_CHECKS, OPTIMIZER_KERNELS  # noqa: E402
 
 CHILDREN = ("plain", "lightning", "lightning-full", "lightning-cl", "lightning-bf16-cl")
 OFFICIAL = {"images_per_s": 0.166, "step_s": 24.0, "peak_rss_gib": 7.4 * 1e9 / 2**30}
@@ -260,13 +262,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--compile-mode",
         default=None,
-        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        choices=[mode for mode in COMPILE_MODES if mode is not None],
         help="torch.compile mode with --compile (reduce-overhead = CUDA graphs; the module's compile_mode)",
     )
     parser.add_argument(
         "--dilated-conv",
         default="native",
-        choices=["native", "space_to_batch"],
+        choices=DILATED_CONV_IMPLS,
         help="ResNet-38's dilated 3x3 convs: native or as dense convs on phase-split maps (exact)",
     )
     parser.add_argument(
@@ -275,13 +277,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sgd",
         default="default",
-        choices=["default", "foreach", "fused"],
+        choices=OPTIMIZER_KERNELS,
         help="SGD kernel (the module's optimizer_kernel, in both loops)",
     )
     parser.add_argument(
         "--nonfinite-check",
         default="sync",
-        choices=["sync", "deferred"],
+        choices=NONFINITE_CHECKS,
         help="Lightning's NaN/Inf guard (the module's nonfinite_check; deferred needs --sgd fused)",
     )
     parser.add_argument(

@@ -15,13 +15,14 @@ identical either way, so the switch is safe to try (``tests/test_dilated_conv.py
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
     "DilatedConvImpl",
+    "DILATED_CONV_IMPLS",
     "SpaceToBatchConv2d",
     "apply_dilated_conv",
     "check_dilated_conv",
@@ -30,11 +31,13 @@ __all__ = [
 ]
 
 DilatedConvImpl = Literal["native", "space_to_batch"]
+#: The values of :data:`DilatedConvImpl`, for argument parsers and checks.
+DILATED_CONV_IMPLS: tuple[str, ...] = get_args(DilatedConvImpl)
 
 
 def check_dilated_conv(impl: str) -> None:
     """Raise ``ValueError`` unless ``impl`` is a :data:`DilatedConvImpl` (a backbone's ``dilated_conv`` switch)."""
-    if impl not in ("native", "space_to_batch"):
+    if impl not in DILATED_CONV_IMPLS:
         raise ValueError(f"dilated_conv must be 'native' or 'space_to_batch', got {impl!r}")
 
 
