@@ -33,12 +33,14 @@ def build_network(
     affinity: str = "pairwise",
     chunk_size: int = 4096,
     dilated_conv: str = "native",
+    cache_elements: int = 1 << 28,
 ) -> nn.Module:
     """AuxSegNet (``affinity="pairwise"``) or AuxSegNet+ (``"dual"``) with random weights.
 
     ``backbone``: ``resnet38`` (the papers' ResNet-38, 104 M backbone parameters) or ``tiny`` (timm
     ``test_resnet``, for quick runs); head width 128 (the papers') for ResNet-38, 16 for ``tiny``.
     ``dilated_conv``: ResNet-38's ``dilated_conv`` switch (``native`` | ``space_to_batch``); ``tiny`` ignores it.
+    ``chunk_size`` / ``cache_elements``: the affinity's chunked path (:class:`CrossTaskAffinity`).
     """
     from wsss_lightning.models import AuxSegNet, AuxSegNetPlus, ResNet38, TimmBackbone
 
@@ -56,7 +58,14 @@ def build_network(
     else:
         raise ValueError(f"unknown backbone {backbone!r}")
     cls = AuxSegNetPlus if affinity == "dual" else AuxSegNet
-    return cls(num_classes, net_backbone, affinity=affinity, head_channels=head, chunk_size=chunk_size)
+    return cls(
+        num_classes,
+        net_backbone,
+        affinity=affinity,
+        head_channels=head,
+        chunk_size=chunk_size,
+        cache_elements=cache_elements,
+    )
 
 
 def training_batches(count: int, batch_size: int, crop: int, num_classes: int = 21, seed: int = 0) -> list[dict]:

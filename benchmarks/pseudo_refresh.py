@@ -141,6 +141,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--cache-elements",
+        type=int,
+        default=1 << 28,
+        help="the affinity's block cache in chunked mode (N > 4096 positions, e.g. 640x480); 0 = rebuild every pass",
+    )
+    parser.add_argument(
         "--crf",
         default="pydensecrf",
         choices=["pydensecrf", "torch", "torch-loop"],
@@ -161,7 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     device = torch.device(args.device)
     crf = {"torch": TorchCRF(), "torch-loop": TorchCRF(batch_images=False)}.get(args.crf, PydenseCRF())
-    module = AuxSegNetModule(build_network(args.backbone, affinity=args.affinity), crf=crf).eval().to(device)
+    module = (
+        AuxSegNetModule(
+            build_network(args.backbone, affinity=args.affinity, cache_elements=args.cache_elements), crf=crf
+        )
+        .eval()
+        .to(device)
+    )
     configs = []
     for spec in args.configs.split(","):
         sizes, *flags = spec.split("+")

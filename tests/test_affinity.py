@@ -368,10 +368,11 @@ def test_context_rejects_wrong_shape() -> None:
     ("mode", "cross_task", "renorm"),
     [(mo, ct, False) for mo in MODES for ct in (True, False)] + [("dual", True, True)],
 )
-def test_chunked_equals_full(mode: str, cross_task: bool, renorm: bool) -> None:
+@pytest.mark.parametrize("cache_elements", [0, 700, 1 << 28])  # none kept; the first 2 blocks of 2×7×25; all
+def test_chunked_equals_full(mode: str, cross_task: bool, renorm: bool, cache_elements: int) -> None:
     kw = {"mode": mode, "cross_task": cross_task, "renormalize_rows": renorm}
     full = _module(13, chunk_size=10**6, **kw)
-    chunked = _module(13, chunk_size=7, **kw)  # 7 does not divide N = 25
+    chunked = _module(13, chunk_size=7, cache_elements=cache_elements, **kw)  # 7 does not divide N = 25
     f_seg, f_sal = _features(h=5, w=5, seed=13)
     l_seg, l_sal = torch.randn(2, 4, 5, 5), torch.randn(2, 1, 5, 5)
     cam = torch.rand(2, 3, 5, 5)
@@ -407,6 +408,47 @@ def test_chunked_path_never_builds_more_than_a_block_of_rows(monkeypatch: pytest
     seen.clear()
     m(f_seg, f_sal)
     assert seen == [25, 25]
+
+
+@pytest.mark.parametrize(("cache_elements", "builds"), [(1 << 28, 5), (0, 20), (2 * 6 * 25, 1 + 4 * 4)])
+def test_chunked_context_builds_a_ct_once_per_block_within_its_cache(
+    monkeypatch: pytest.MonkeyPatch, cache_elements: int, builds: int
+) -> None:
+    """A label update's four passes over A_CT (refinement, propagation, the two health passes) build each block
+    once when the cache holds it: 25 rows in blocks of 6 are 5 blocks; without a cache 4 × 5 builds; with room for
+    the first block only (2 images × 6 rows × 25), the other 4 blocks are rebuilt on every pass."""
+    m = _module(14, mode="dual", cross_task=True, chunk_size=6, cache_elements=cache_elements)
+    reference = _module(14, mode="dual", cross_task=True, chunk_size=10**6)
+    f_seg, f_sal = _features(h=5, w=5, seed=14)
+    l_seg, l_sal, cam = torch.randn(2, 4, 5, 5), torch.randn(2, 1, 5, 5), torch.rand(2, 3, 5, 5)
+    foreground = cam.amax(dim=1) > 0.5
+    with torch.no_grad():
+        ref = reference(f_seg, f_sal)
+        expected = (
+            reference.refine(ref, l_seg, l_sal),
+            ref.seg_context.propagate(cam),
+            ref.seg_context.row_statistics(foreground),
+        )
+    calls: list[tuple[int, int]] = []
+    original = affinity_mod._CrossTaskRows.rows
+
+    def spy(self: affinity_mod._CrossTaskRows, start: int, stop: int) -> torch.Tensor:
+        calls.append((start, stop))
+        return original(self, start, stop)
+
+    monkeypatch.setattr(affinity_mod._CrossTaskRows, "rows", spy)
+    with torch.no_grad():
+        out = m(f_seg, f_sal)
+        refined = m.refine(out, l_seg, l_sal)
+        propagated = out.seg_context.propagate(cam)
+        stats = out.seg_context.row_statistics(foreground)
+    assert len(calls) == builds
+    assert sorted(set(calls)) == [(0, 6), (6, 12), (12, 18), (18, 24), (24, 25)]
+    for x, y in zip(refined, expected[0]):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(propagated, expected[1], rtol=1e-5, atol=1e-6)
+    for key, value in expected[2].items():
+        torch.testing.assert_close(stats[key], value, rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -483,6 +525,8 @@ def test_invalid_arguments_raise() -> None:
         CrossTaskAffinity(C, mode="dual", unary_fusion="max")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="chunk_size"):
         CrossTaskAffinity(C, chunk_size=0)
+    with pytest.raises(ValueError, match="cache_elements"):
+        CrossTaskAffinity(C, cache_elements=-1)
     m = CrossTaskAffinity(C)
     with pytest.raises(ValueError, match="share one"):
         m(torch.randn(1, C, 4, 4), torch.randn(1, C, 4, 5))

@@ -29,7 +29,10 @@ or ``N ≤ chunk_size``, the N×N matrices are built in full (as the official co
 ``N > chunk_size`` nothing N×N is ever materialised: rows are produced ``min(chunk_size, 2**24 / N)`` at a time,
 peak memory ``O(B·min(chunk_size·N, 2**24))``; the 3×3 SA conv reads one halo row of ``A_seg``/``A_sal`` on each
 side of a chunk.
-In that mode ``θᵀφ`` is recomputed for the refinement pass (compute traded for memory).
+In that mode a context keeps the blocks of its pairwise affinity the first pass builds, up to ``cache_elements``
+entries per context (default 2²⁸: 1 GiB float32, a 960×720 image's ``A_CT`` at stride 8 is 0.47 GiB), so the
+refinement, the CAM propagation and the health statistics of a label update build ``A_CT`` once, not four times;
+blocks beyond the budget are rebuilt on every pass (compute traded for memory).
 """
 
 from __future__ import annotations
@@ -130,6 +133,37 @@ class _CrossTaskRows:
         return fused
 
 
+class _CachedRows:
+    """A lazy row source that keeps the blocks it builds, up to ``budget`` float32 entries in all.
+
+    Every pass over a context walks the same blocks (:func:`_block_step`), so the second and later passes read
+    the kept blocks instead of rebuilding them. A block that would exceed the budget is rebuilt on each request.
+    Callers never modify returned blocks in place.
+    """
+
+    def __init__(self, source: _RowSource, budget: int) -> None:
+        self.source = source
+        self.budget = budget
+        self.num_positions = source.num_positions
+        self._blocks: dict[tuple[int, int], Tensor] = {}
+        self._kept = 0
+
+    def rows(self, start: int, stop: int) -> Tensor:
+        block = self._blocks.get((start, stop))
+        if block is None:
+            block = self.source.rows(start, stop)
+            if self._kept + block.numel() <= self.budget:
+                self._blocks[(start, stop)] = block
+                self._kept += block.numel()
+        return block
+
+
+def _block_step(num_positions: int, chunk_size: int) -> int:
+    """Query rows per block of a lazy source: ``chunk_size``, fewer when a block would exceed
+    :data:`MAX_BLOCK_ELEMENTS` entries per image."""
+    return max(1, min(chunk_size, MAX_BLOCK_ELEMENTS // num_positions))
+
+
 def _apply_rows(source: _RowSource, values: Tensor, chunk_size: int) -> Tensor:
     """``out(:, i) = Σ_j A(i, j) · values(:, j)``: values ``(B, K, N)`` → ``(B, K, N)``, float32.
 
@@ -141,7 +175,7 @@ def _apply_rows(source: _RowSource, values: Tensor, chunk_size: int) -> Tensor:
         if isinstance(source, _DenseRows):
             return torch.bmm(values, source.matrix.transpose(1, 2))
         n = source.num_positions
-        step = max(1, min(chunk_size, MAX_BLOCK_ELEMENTS // n))
+        step = _block_step(n, chunk_size)
         blocks = [torch.bmm(values, source.rows(s, min(s + step, n)).transpose(1, 2)) for s in range(0, n, step)]
         return torch.cat(blocks, dim=-1)
 
@@ -247,7 +281,7 @@ class AffinityContext:
             source: _RowSource = _DenseRows(torch.eye(n, device=self.device).expand(self.batch_size, n, n))
         else:
             source = self._pairwise
-        step = n if isinstance(source, _DenseRows) else max(1, min(self.chunk_size, MAX_BLOCK_ELEMENTS // n))
+        step = n if isinstance(source, _DenseRows) else _block_step(n, self.chunk_size)
         with _no_autocast(self.device):
             column_sum = torch.zeros(self.batch_size, n, device=self.device)
             peak = torch.zeros(self.batch_size, device=self.device)
@@ -260,7 +294,7 @@ class AffinityContext:
                 mass += (torch.bmm(rows, fg_float.unsqueeze(-1)).squeeze(-1) * bg_rows).sum(dim=1)
             mean_row = (column_sum / n).unsqueeze(1)
             spread = torch.zeros(self.batch_size, device=self.device)
-            for start in range(0, n, step):  # second pass: distances to the mean row (rows recomputed if lazy)
+            for start in range(0, n, step):  # second pass: distances to the mean row (kept or rebuilt if lazy)
                 rows = source.rows(start, min(start + step, n)).float()
                 spread += 0.5 * (rows - mean_row).abs().sum(dim=-1).sum(dim=1)
         num_bg = (~fg).sum(dim=1)
@@ -494,6 +528,8 @@ class CrossTaskAffinity(nn.Module):
             that measured best (docs/results.md).
         renormalize_rows: ablation — re-normalise ``A_CT`` rows (and ``u_CT``) to sum to 1; cross-task only.
         chunk_size: query rows per block in chunked (no-grad, N > chunk_size) mode.
+        cache_elements: in chunked mode, how many float32 entries of its pairwise affinity blocks a context keeps
+            for its later passes (per context, over the batch); 0 rebuilds every block on every pass.
 
     Parameter names contain ``seg``/``sal`` for the task layers (×10 lr in the code) and not for
     ``pairwise_fusion``/``unary_fusion`` (×1, like the code's ``cross_att``).
@@ -511,6 +547,7 @@ class CrossTaskAffinity(nn.Module):
         unary_gate: bool = False,
         renormalize_rows: bool = False,
         chunk_size: int = 4096,
+        cache_elements: int = 1 << 28,
     ) -> None:
         super().__init__()
         if mode not in _MODES:
@@ -519,6 +556,8 @@ class CrossTaskAffinity(nn.Module):
             raise ValueError(f"unary_fusion must be one of {_UNARY_FUSIONS}, got {unary_fusion!r}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if cache_elements < 0:
+            raise ValueError(f"cache_elements must be >= 0, got {cache_elements}")
         self.mode = mode
         self.cross_task = cross_task
         self.unary_fusion_mode = unary_fusion
@@ -526,6 +565,7 @@ class CrossTaskAffinity(nn.Module):
         self.unary_refinement = unary_refinement
         self.renormalize_rows = renormalize_rows
         self.chunk_size = chunk_size
+        self.cache_elements = cache_elements
         self.use_pairwise = mode in ("pairwise", "dual")
         self.use_unary = mode in ("unary", "dual")
         kw = {
@@ -579,6 +619,10 @@ class CrossTaskAffinity(nn.Module):
             if not chunked:
                 seg_rows = _DenseRows(seg_rows.rows(0, n))
                 sal_rows = _DenseRows(sal_rows.rows(0, n))
+            elif not self.cross_task:
+                # each task's own affinity serves its enhancement, refinement and propagation: keep its blocks
+                seg_rows = _CachedRows(seg_rows, self.cache_elements)
+                sal_rows = _CachedRows(sal_rows, self.cache_elements)
         u_seg = self.seg.unary_weights(seg_features) if self.use_unary else None
         u_sal = self.sal.unary_weights(sal_features) if self.use_unary else None
 
@@ -592,8 +636,8 @@ class CrossTaskAffinity(nn.Module):
             pair: _RowSource | None = None
             if seg_rows is not None and sal_rows is not None and self.pairwise_fusion is not None:
                 pair = _CrossTaskRows(seg_rows, sal_rows, self.pairwise_fusion, self.renormalize_rows)
-                if not chunked:
-                    pair = _DenseRows(pair.rows(0, n))
+                # A_CT serves the refinement, the propagation and the health statistics: build it once
+                pair = _DenseRows(pair.rows(0, n)) if not chunked else _CachedRows(pair, self.cache_elements)
             u_ct = self._fuse_unary(u_seg_ref, u_sal_ref) if (u_seg_ref is not None and u_sal_ref is not None) else None
             shared = AffinityContext((h, w), b, device, pair, u_ct, **ctx_kw)
             return AffinityOutput(seg_out, sal_out, shared, shared)

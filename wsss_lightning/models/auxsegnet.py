@@ -60,8 +60,8 @@ class AuxSegNet(nn.Module):
         cross_task: fuse seg/sal affinities for refinement and CAM propagation.
         head_channels: branch width (128).
         dilations: dilations of conv1, conv2, conv3 in each branch ((6, 12, 18)).
-        unary_fusion, whiten_pairwise, average_terms, unary_refinement, unary_gate, renormalize_rows, chunk_size: see
-            :class:`~wsss_lightning.models.affinity.CrossTaskAffinity`.
+        unary_fusion, whiten_pairwise, average_terms, unary_refinement, unary_gate, renormalize_rows, chunk_size,
+            cache_elements: see :class:`~wsss_lightning.models.affinity.CrossTaskAffinity`.
     """
 
     def __init__(
@@ -79,6 +79,7 @@ class AuxSegNet(nn.Module):
         unary_gate: bool = False,
         renormalize_rows: bool = False,
         chunk_size: int = 4096,
+        cache_elements: int = 1 << 28,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -100,6 +101,7 @@ class AuxSegNet(nn.Module):
             unary_gate=unary_gate,
             renormalize_rows=renormalize_rows,
             chunk_size=chunk_size,
+            cache_elements=cache_elements,
         )
         # A PSA/AuxSegNet classifier checkpoint given to the backbone also holds ``fc8``: the classifier
         # head takes it from the backbone's load report (the "learned classification parameters" of stage 0).
