@@ -94,6 +94,12 @@ def test_required_maps_missing_name_the_file_and_list_line(tiny_demo_copy: Path)
     message = str(error.value)
     assert f"saliency_map/{ids[3]}.png is missing" in message and "train_aug.txt line 4" in message
     assert torch.all(_dataset(tiny_demo_copy)[3]["sal"] == 255.0)  # optional: ignored instead
+    (tiny_demo_copy / VOC / "SegmentationClassAug" / f"{ids[3]}.png").unlink()
+    with pytest.raises(DatasetError) as error:
+        _dataset(tiny_demo_copy, seg_required=True)[3]
+    message = str(error.value)  # a missing SBD mask says which command builds the folder
+    assert f"SegmentationClassAug/{ids[3]}.png is missing" in message
+    assert f"`wsss data sbd-masks --sbd benchmark_RELEASE --voc {tiny_demo_copy / VOC}`" in message
 
 
 def test_missing_image_names_the_file_and_list_line(tiny_demo: Path, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ Non-training subcommands share the entry point:
 * ``wsss data check --config CFG``                       validate a dataset before training;
 * ``wsss data demo --out DIR``                           generate the synthetic demo dataset;
 * ``wsss data coco-masks --instances JSON --out DIR``    COCO instances -> class-index PNG masks;
+* ``wsss data sbd-masks --sbd DIR --voc VOC2012``        SBD .mat masks -> SegmentationClassAug + train_aug.txt;
 * ``wsss data baselines --root VOC2012``                 the label-free baselines a trained run must beat.
 """
 
@@ -27,7 +28,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
-DATA_COMMANDS = ("check", "demo", "coco-masks", "baselines")
+DATA_COMMANDS = ("check", "demo", "coco-masks", "sbd-masks", "baselines")
 
 
 class CommandLineError(ValueError):
@@ -38,7 +39,7 @@ USAGE = """usage: wsss {fit,validate,test,predict,pseudolabel,evaluate,data} ...
 
   fit | validate | test | predict | pseudolabel   Lightning subcommands (wsss fit --help)
   evaluate                                         score a folder of predictions (wsss evaluate --help)
-  data {check,demo,coco-masks,baselines}           dataset tools (wsss data check --help)
+  data {check,demo,coco-masks,sbd-masks,baselines} dataset tools (wsss data check --help)
 """
 
 
@@ -228,6 +229,10 @@ def data_main(argv: list[str]) -> int:
         from wsss_lightning.data.baselines import main as baselines_main
 
         return baselines_main(rest)
+    if command == "sbd-masks":
+        from wsss_lightning.data.sbd_convert import main as sbd_main
+
+        return sbd_main(rest)
     from wsss_lightning.data.coco_convert import main as coco_main
 
     return coco_main(rest)

@@ -119,7 +119,13 @@ class SegmentationDataset(Dataset):
         if path.is_file():
             return path
         if required:
-            raise DatasetError(f"{path} is missing ({entry.where()}); the {what} of every listed id is needed")
+            hint = ""
+            if folder.name in ("SegmentationClassAug", "SegmentationClass"):
+                hint = (
+                    f"; the SBD release's masks become {folder.parent / 'SegmentationClassAug'} with "
+                    f"`wsss data sbd-masks --sbd benchmark_RELEASE --voc {folder.parent}`"
+                )
+            raise DatasetError(f"{path} is missing ({entry.where()}); the {what} of every listed id is needed{hint}")
         return None
 
     def load_arrays(self, index: int) -> dict[str, Any]:
