@@ -38,7 +38,13 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from wsss_lightning.data.io import DatasetError, atomic_write_bytes, atomic_write_text, grey_png_bytes, read_label
+from wsss_lightning.data.io import (
+    DatasetError,
+    atomic_write_bytes,
+    atomic_write_text,
+    existing_label_state,
+    grey_png_bytes,
+)
 from wsss_lightning.data.palette import IGNORE_INDEX
 
 CrowdMode = Literal["ignore", "class", "skip"]
@@ -202,16 +208,6 @@ def paint_mask(
 # ------------------------------------------------------------------------------------------------ resume
 
 
-def _existing_mask_ok(path: Path, height: int, width: int) -> bool | None:
-    """``None``: no file; ``True``: a readable label PNG of the right size; ``False``: damaged or wrong size."""
-    if not path.exists():
-        return None
-    try:
-        return read_label(path).shape == (height, width)
-    except DatasetError:
-        return False
-
-
 # ------------------------------------------------------------------------------------------------ convert
 
 
@@ -328,7 +324,7 @@ def convert_coco_instances(
         image = images[image_id]
         height, width = image["height"], image["width"]
         target = out_dir / f"{image['stem']}.png"
-        state = _existing_mask_ok(target, height, width)
+        state = existing_label_state(target, (height, width))
         if state and not overwrite:
             summary["skipped"] += 1
         else:

@@ -113,6 +113,18 @@ def read_label(path: str | Path) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.uint8).copy()
 
 
+def existing_label_state(path: str | Path, size: tuple[int, int]) -> bool | None:
+    """Whether a converter may keep ``path``: ``None`` no file; ``True`` a readable label PNG of ``size`` ``(H, W)``;
+    ``False`` damaged or of another size (to be rewritten)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return read_label(path).shape == tuple(size)
+    except DatasetError:
+        return False
+
+
 def read_saliency(path: str | Path) -> np.ndarray:
     """Read a saliency map (prediction or ground truth) as grey levels ``uint8 (H, W)``.
 

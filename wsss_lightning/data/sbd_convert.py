@@ -35,7 +35,14 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from wsss_lightning.data.io import DatasetError, atomic_write_bytes, atomic_write_text, grey_png_bytes, read_label
+from wsss_lightning.data.io import (
+    DatasetError,
+    atomic_write_bytes,
+    atomic_write_text,
+    existing_label_state,
+    grey_png_bytes,
+    read_label,
+)
 from wsss_lightning.data.palette import IGNORE_INDEX
 from wsss_lightning.data.splits import read_id_list
 
@@ -119,16 +126,6 @@ def _image_size(voc: Path, identifier: str) -> tuple[int, int]:
     return height, width
 
 
-def _existing_mask_ok(path: Path, size: tuple[int, int]) -> bool | None:
-    """``None``: no file; ``True``: a readable label PNG of ``size``; ``False``: damaged or wrong size."""
-    if not path.exists():
-        return None
-    try:
-        return read_label(path).shape == size
-    except DatasetError:
-        return False
-
-
 def _check_voc_mask(path: Path, mask: np.ndarray) -> None:
     values = np.unique(mask)
     bad = values[(values >= _NUM_CLASSES) & (values != IGNORE_INDEX)]
@@ -199,7 +196,7 @@ def convert_sbd(
     bar = tqdm(jobs, desc="sbd masks", unit="mask", disable=not progress, dynamic_ncols=True)
     for identifier, source, size in bar:
         target = out / f"{identifier}.png"
-        state = _existing_mask_ok(target, size)
+        state = existing_label_state(target, size)
         if state and not overwrite:
             summary["skipped"] = int(summary["skipped"]) + 1
             continue
