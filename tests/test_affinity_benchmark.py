@@ -27,3 +27,10 @@ def test_every_variant_runs_and_matches_the_unchunked_outputs(tmp_path: Path) ->
     for variant in ("chunked_nocache", "chunked"):
         for x, y in zip(reference, outputs[variant], strict=True):
             torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+def test_the_training_step_probe_runs_forward_and_backward() -> None:
+    from benchmarks.affinity_step import measure
+
+    result = measure(batch_size=2, size=5, mode="dual", steps=1)
+    assert result["median_seconds"] > 0 and (result["batch_size"], result["size"]) == (2, 5)
