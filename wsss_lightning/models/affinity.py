@@ -26,9 +26,9 @@ DNL/GCNet; only "pairwise + unary affinities" and "pairwise-only CAM propagation
 Numerics: θ, φ, the ``θᵀφ`` logits, both softmaxes, the SA fusion and every product with an affinity run in
 float32 with autocast disabled (bf16 logits over N positions are too coarse). Memory: with gradients enabled,
 or ``N ≤ chunk_size``, the N×N matrices are built in full (as the official code). With gradients disabled and
-``N > chunk_size`` nothing N×N is ever materialised: rows are produced ``min(chunk_size, 2**24 / N)`` at a time,
-peak memory ``O(B·min(chunk_size·N, 2**24))``; the 3×3 SA conv reads one halo row of ``A_seg``/``A_sal`` on each
-side of a chunk.
+``N > chunk_size`` no N×N temporary is ever materialised: rows are produced ``min(chunk_size, 2**24 / N)`` at a
+time, peak memory ``O(B·min(chunk_size·N, 2**24))`` plus the kept blocks below; the 3×3 SA conv reads one halo row
+of ``A_seg``/``A_sal`` on each side of a chunk.
 In that mode a context keeps the blocks of its pairwise affinity the first pass builds, up to ``cache_elements``
 entries per context (default 2²⁸: 1 GiB float32, a 960×720 image's ``A_CT`` at stride 8 is 0.47 GiB), so the
 refinement, the CAM propagation and the health statistics of a label update build ``A_CT`` once, not four times;
