@@ -37,14 +37,14 @@ VARIANTS = ("unchunked", "chunked_nocache", "chunked")
 def child(
     size: tuple[int, int], variant: str, mode: str, chunk_size: int, health: bool, repeats: int, out: str | None
 ) -> dict:
-    from wsss_lightning.models.affinity import CrossTaskAffinity
+    from wsss_lightning.models.affinity import DEFAULT_CACHE_ELEMENTS, CrossTaskAffinity
 
     width, height = size
     h, w = math.ceil(height / 8), math.ceil(width / 8)
     n = h * w
     torch.manual_seed(0)
     chunk = chunk_size if variant != "unchunked" else n + 1
-    cache = 0 if variant == "chunked_nocache" else 1 << 28
+    cache = 0 if variant == "chunked_nocache" else DEFAULT_CACHE_ELEMENTS
     module = CrossTaskAffinity(128, mode=mode, cross_task=True, chunk_size=chunk, cache_elements=cache).eval()
     gen = torch.Generator().manual_seed(1)
     seg_f, sal_f = torch.randn(1, 128, h, w, generator=gen), torch.randn(1, 128, h, w, generator=gen)

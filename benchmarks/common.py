@@ -33,14 +33,15 @@ def build_network(
     affinity: str = "pairwise",
     chunk_size: int = 4096,
     dilated_conv: str = "native",
-    cache_elements: int = 1 << 28,
+    cache_elements: int | None = None,
 ) -> nn.Module:
     """AuxSegNet (``affinity="pairwise"``) or AuxSegNet+ (``"dual"``) with random weights.
 
     ``backbone``: ``resnet38`` (the papers' ResNet-38, 104 M backbone parameters) or ``tiny`` (timm
     ``test_resnet``, for quick runs); head width 128 (the papers') for ResNet-38, 16 for ``tiny``.
     ``dilated_conv``: ResNet-38's ``dilated_conv`` switch (``native`` | ``space_to_batch``); ``tiny`` ignores it.
-    ``chunk_size`` / ``cache_elements``: the affinity's chunked path (:class:`CrossTaskAffinity`).
+    ``chunk_size`` / ``cache_elements``: the affinity's chunked path (:class:`CrossTaskAffinity`; None = its
+    default).
     """
     from wsss_lightning.models import AuxSegNet, AuxSegNetPlus, ResNet38, TimmBackbone
 
@@ -57,6 +58,8 @@ def build_network(
         head = 16
     else:
         raise ValueError(f"unknown backbone {backbone!r}")
+    from wsss_lightning.models.affinity import DEFAULT_CACHE_ELEMENTS
+
     cls = AuxSegNetPlus if affinity == "dual" else AuxSegNet
     return cls(
         num_classes,
@@ -64,7 +67,7 @@ def build_network(
         affinity=affinity,
         head_channels=head,
         chunk_size=chunk_size,
-        cache_elements=cache_elements,
+        cache_elements=DEFAULT_CACHE_ELEMENTS if cache_elements is None else cache_elements,
     )
 
 

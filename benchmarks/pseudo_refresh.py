@@ -143,8 +143,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cache-elements",
         type=int,
-        default=1 << 28,
-        help="the affinity's block cache in chunked mode (N > 4096 positions, e.g. 640x480); 0 = rebuild every pass",
+        default=None,
+        help="the affinity's block cache in chunked mode (N > 4096 positions, e.g. 640x480); 0 = rebuild every "
+        "pass; default: the network's",
     )
     parser.add_argument(
         "--crf",

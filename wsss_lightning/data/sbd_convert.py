@@ -66,6 +66,12 @@ def find_sbd_dataset(root: str | Path) -> Path:
     )
 
 
+def _invalid_values(mask: np.ndarray) -> list[int]:
+    """Up to 5 values of ``mask`` that are neither a VOC class index (0..20) nor the ignore label (255)."""
+    values = np.unique(mask)
+    return values[((values < 0) | (values >= _NUM_CLASSES)) & (values != IGNORE_INDEX)].tolist()[:5]
+
+
 def read_sbd_mask(path: str | Path) -> np.ndarray:
     """``GTcls.Segmentation`` of an SBD ``cls/<id>.mat`` as ``uint8 (H, W)``: 0..20 (the release's values), 255
     accepted as ignore (re-saved masks with a void band)."""
@@ -89,11 +95,10 @@ def read_sbd_mask(path: str | Path) -> np.ndarray:
             f"{path}: GTcls.Segmentation is {segmentation.dtype} of shape {segmentation.shape}, not a 2-D class map; "
             f"{_SBD_FIX}"
         )
-    values = np.unique(segmentation)
-    bad = values[((values < 0) | (values >= _NUM_CLASSES)) & (values != IGNORE_INDEX)]
-    if bad.size:
+    bad = _invalid_values(segmentation)
+    if bad:
         raise DatasetError(
-            f"{path}: GTcls.Segmentation holds values {bad.tolist()[:5]}, outside the class indices "
+            f"{path}: GTcls.Segmentation holds values {bad}, outside the class indices "
             f"0..{_NUM_CLASSES - 1} (and {IGNORE_INDEX}, ignore); {_SBD_FIX}"
         )
     return segmentation.astype(np.uint8)
@@ -126,14 +131,18 @@ def _image_size(voc: Path, identifier: str) -> tuple[int, int]:
     return height, width
 
 
-def _check_voc_mask(path: Path, mask: np.ndarray) -> None:
-    values = np.unique(mask)
-    bad = values[(values >= _NUM_CLASSES) & (values != IGNORE_INDEX)]
-    if bad.size:
+def _read_source(path: Path) -> np.ndarray:
+    """A mask to copy: an SBD ``.mat`` or a VOC ``SegmentationClass`` PNG, range-checked, ``uint8 (H, W)``."""
+    if path.suffix == ".mat":
+        return read_sbd_mask(path)
+    mask = read_label(path)
+    bad = _invalid_values(mask)
+    if bad:
         raise DatasetError(
-            f"{path} holds values {bad.tolist()[:5]}, not VOC class indices (0..20, 255 boundary); it may be a "
+            f"{path} holds values {bad}, not VOC class indices (0..20, 255 boundary); it may be a "
             "colour image saved without its palette: re-extract VOCtrainval_11-May-2012.tar"
         )
+    return mask
 
 
 def convert_sbd(
@@ -166,45 +175,40 @@ def convert_sbd(
     sbd_only = sorted((set(sbd_train) | set(sbd_val)) - set(voc_ids))
     train_aug = train_aug_ids(sbd_train, sbd_val, voc_train, voc_val)
 
-    # Check every source before the first write: names, readability, values and sizes.
-    jobs: list[tuple[str, Path, tuple[int, int]]] = []
+    # Check every source before the first write: readability, values and sizes.
+    out = voc / "SegmentationClassAug"
+    jobs: list[tuple[Path, Path, bool]] = []  # source, target, whether the target exists damaged or wrong-sized
+    skipped = 0
     checks = [(i, sbd / "cls" / f"{i}.mat") for i in sbd_only] + [
         (i, voc / "SegmentationClass" / f"{i}.png") for i in voc_ids
     ]
     for identifier, source in tqdm(checks, desc="sbd check", unit="mask", disable=not progress, dynamic_ncols=True):
-        mask = read_sbd_mask(source) if source.suffix == ".mat" else read_label(source)
-        if source.suffix == ".png":
-            _check_voc_mask(source, mask)
+        mask = _read_source(source)
         size = _image_size(voc, identifier)
         if mask.shape != size:
             raise DatasetError(
                 f"{source} is {mask.shape[1]}x{mask.shape[0]} but {voc / 'JPEGImages' / (identifier + '.jpg')} is "
                 f"{size[1]}x{size[0]}; the mask belongs to another image: re-extract the archive it came from"
             )
-        jobs.append((identifier, source, size))
-
-    out = voc / "SegmentationClassAug"
-    out.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, int | str] = {
-        "sbd_masks": len(sbd_only),
-        "voc_masks": len(voc_ids),
-        "written": 0,
-        "skipped": 0,
-        "repaired": 0,
-        "train_aug": len(train_aug),
-    }
-    bar = tqdm(jobs, desc="sbd masks", unit="mask", disable=not progress, dynamic_ncols=True)
-    for identifier, source, size in bar:
         target = out / f"{identifier}.png"
         state = existing_label_state(target, size)
         if state and not overwrite:
-            summary["skipped"] = int(summary["skipped"]) + 1
-            continue
-        mask = read_sbd_mask(source) if source.suffix == ".mat" else read_label(source)
-        atomic_write_bytes(target, grey_png_bytes(mask))  # uint8 -> mode "L", values kept
-        summary["written"] = int(summary["written"]) + 1
-        summary["repaired"] = int(summary["repaired"]) + (state is False)
-    bar.close()
+            skipped += 1  # a valid PNG from an earlier run is kept (resume)
+        else:
+            jobs.append((source, target, state is False))
+
+    # Masks are read again here rather than held: the 10,582 of VOC would take about 2 GB.
+    out.mkdir(parents=True, exist_ok=True)
+    for source, target, _ in tqdm(jobs, desc="sbd masks", unit="mask", disable=not progress, dynamic_ncols=True):
+        atomic_write_bytes(target, grey_png_bytes(_read_source(source)))  # uint8 -> mode "L", values kept
+    summary: dict[str, int | str] = {
+        "sbd_masks": len(sbd_only),
+        "voc_masks": len(voc_ids),
+        "written": len(jobs),
+        "skipped": skipped,
+        "repaired": sum(repaired for _, _, repaired in jobs),
+        "train_aug": len(train_aug),
+    }
 
     list_path = lists / "train_aug.txt"
     text = "".join(f"{i}\n" for i in train_aug)

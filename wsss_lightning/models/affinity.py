@@ -53,6 +53,7 @@ __all__ = [
     "PairwiseFusion",
     "UnaryFusion",
     "CrossTaskAffinity",
+    "DEFAULT_CACHE_ELEMENTS",
 ]
 
 AffinityMode = Literal["none", "pairwise", "unary", "dual"]
@@ -64,6 +65,8 @@ _EPS = 1e-12
 #: Largest block of affinity rows (rows × N entries, float32: 64 MiB) the chunked path builds at once: for large
 #: N (multi-scale inference of big images) a block holds fewer than ``chunk_size`` rows, so memory stays bounded.
 MAX_BLOCK_ELEMENTS = 1 << 24
+#: Default ``cache_elements``: float32 entries of affinity blocks a chunked context keeps for its later passes (1 GiB).
+DEFAULT_CACHE_ELEMENTS = 1 << 28
 
 
 def _no_autocast(device: torch.device) -> torch.autocast:
@@ -464,6 +467,11 @@ class PairwiseFusion(nn.Module):
             a_seg, a_sal: affinity rows ``(B, R + halo_top + halo_bottom, N)``.
             halo_top, halo_bottom: whether the first / last input row is a halo row.
         """
+        diff = self._logit_difference(a_seg, a_sal, halo_top, halo_bottom)
+        return torch.stack([torch.sigmoid(diff), torch.sigmoid(-diff)], dim=1)
+
+    def _logit_difference(self, a_seg: Tensor, a_sal: Tensor, halo_top: bool, halo_bottom: bool) -> Tensor:
+        """``l_seg − l_sal`` ``(B, R, N)`` float32: Ω_seg = σ(it), Ω_sal = σ(−it) (see :meth:`weights`)."""
         with _no_autocast(a_seg.device):
             # (B, 2, R, N) with the two tasks innermost (channels-last): oneDNN's 2-channel 3×3 convolution runs
             # 2.3× faster on it than on the planar stack, with identical results.
@@ -477,16 +485,15 @@ class PairwiseFusion(nn.Module):
             weight = self.conv1x1.weight.float()[:, :, 0, 0]
             bias = self.conv1x1.bias.float()
             w_diff, b_diff = weight[0] - weight[1], bias[0] - bias[1]
-            diff = h[:, 0] * w_diff[0] + h[:, 1] * w_diff[1] + b_diff
-            return torch.stack([torch.sigmoid(diff), torch.sigmoid(-diff)], dim=1)
+            return h[:, 0] * w_diff[0] + h[:, 1] * w_diff[1] + b_diff
 
     def forward(self, a_seg: Tensor, a_sal: Tensor, halo_top: bool = False, halo_bottom: bool = False) -> Tensor:
         """``A_CT = Ω_seg ⊙ A_seg + Ω_sal ⊙ A_sal`` for the non-halo rows: ``(B, R, N)`` float32."""
-        omega = self.weights(a_seg, a_sal, halo_top, halo_bottom)
+        diff = self._logit_difference(a_seg, a_sal, halo_top, halo_bottom)  # Ω without stacking its 2 channels
         top = 1 if halo_top else 0
         stop = a_seg.shape[1] - (1 if halo_bottom else 0)
         with _no_autocast(a_seg.device):
-            return omega[:, 0] * a_seg[:, top:stop].float() + omega[:, 1] * a_sal[:, top:stop].float()
+            return torch.sigmoid(diff) * a_seg[:, top:stop].float() + torch.sigmoid(-diff) * a_sal[:, top:stop].float()
 
 
 class UnaryFusion(nn.Module):
@@ -555,7 +562,7 @@ class CrossTaskAffinity(nn.Module):
         unary_gate: bool = False,
         renormalize_rows: bool = False,
         chunk_size: int = 4096,
-        cache_elements: int = 1 << 28,
+        cache_elements: int = DEFAULT_CACHE_ELEMENTS,
     ) -> None:
         super().__init__()
         if mode not in _MODES:

@@ -16,7 +16,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from wsss_lightning.models.affinity import AffinityContext, AffinityMode, CrossTaskAffinity, UnaryFusionMode
+from wsss_lightning.models.affinity import (
+    DEFAULT_CACHE_ELEMENTS,
+    AffinityContext,
+    AffinityMode,
+    CrossTaskAffinity,
+    UnaryFusionMode,
+)
 from wsss_lightning.models.heads import ClassificationHead, TaskBranch
 
 __all__ = ["AuxSegNetOutput", "AuxSegNet", "AuxSegNetPlus"]
@@ -79,7 +85,7 @@ class AuxSegNet(nn.Module):
         unary_gate: bool = False,
         renormalize_rows: bool = False,
         chunk_size: int = 4096,
-        cache_elements: int = 1 << 28,
+        cache_elements: int = DEFAULT_CACHE_ELEMENTS,
     ) -> None:
         super().__init__()
         if num_classes < 2:
