@@ -410,13 +410,18 @@ def test_chunked_path_never_builds_more_than_a_block_of_rows(monkeypatch: pytest
     assert seen == [25, 25]
 
 
-@pytest.mark.parametrize(("cache_elements", "builds"), [(1 << 28, 5), (0, 20), (2 * 6 * 25, 1 + 4 * 4)])
+@pytest.mark.parametrize(
+    ("cache_elements", "builds", "task_blocks"),
+    [(1 << 28, 5, 5), (0, 20, 25), (2 * 6 * 25, 1 + 4 * 4, 1 + 4 + 4 * 4)],
+)
 def test_chunked_context_builds_a_ct_once_per_block_within_its_cache(
-    monkeypatch: pytest.MonkeyPatch, cache_elements: int, builds: int
+    monkeypatch: pytest.MonkeyPatch, cache_elements: int, builds: int, task_blocks: int
 ) -> None:
-    """A label update's four passes over A_CT (refinement, propagation, the two health passes) build each block
-    once when the cache holds it: 25 rows in blocks of 6 are 5 blocks; without a cache 4 × 5 builds; with room for
-    the first block only (2 images × 6 rows × 25), the other 4 blocks are rebuilt on every pass."""
+    """A label update's five passes over the affinity (the enhancement, then refinement, propagation and the two
+    health passes over A_CT) build each block once when the cache holds it: 25 rows in blocks of 6 are 5 blocks,
+    and the enhancement reads A_seg / A_sal from the walk that fuses A_CT. Without a cache A_CT is built 4 × 5 times
+    and the enhancement builds the task rows alone (5 more blocks per task); with room for the first block only
+    (2 images × 6 rows × 25), the enhancement fuses and keeps that one and the other 4 are rebuilt on every pass."""
     m = _module(14, mode="dual", cross_task=True, chunk_size=6, cache_elements=cache_elements)
     reference = _module(14, mode="dual", cross_task=True, chunk_size=10**6)
     f_seg, f_sal = _features(h=5, w=5, seed=14)
@@ -430,13 +435,20 @@ def test_chunked_context_builds_a_ct_once_per_block_within_its_cache(
             ref.seg_context.row_statistics(foreground),
         )
     calls: list[tuple[int, int]] = []
-    original = affinity_mod._CrossTaskRows.rows
+    task_calls: list[tuple[int, int]] = []
+    original = affinity_mod._CrossTaskRows.build
+    original_task = affinity_mod._EmbeddedRows.rows
 
-    def spy(self: affinity_mod._CrossTaskRows, start: int, stop: int) -> torch.Tensor:
+    def spy(self: affinity_mod._CrossTaskRows, start: int, stop: int) -> tuple[torch.Tensor, ...]:
         calls.append((start, stop))
         return original(self, start, stop)
 
-    monkeypatch.setattr(affinity_mod._CrossTaskRows, "rows", spy)
+    def task_spy(self: affinity_mod._EmbeddedRows, start: int, stop: int) -> torch.Tensor:
+        task_calls.append((start, stop))
+        return original_task(self, start, stop)
+
+    monkeypatch.setattr(affinity_mod._CrossTaskRows, "build", spy)
+    monkeypatch.setattr(affinity_mod._EmbeddedRows, "rows", task_spy)
     with torch.no_grad():
         out = m(f_seg, f_sal)
         refined = m.refine(out, l_seg, l_sal)
@@ -444,6 +456,7 @@ def test_chunked_context_builds_a_ct_once_per_block_within_its_cache(
         stats = out.seg_context.row_statistics(foreground)
     assert len(calls) == builds
     assert sorted(set(calls)) == [(0, 6), (6, 12), (12, 18), (18, 24), (24, 25)]
+    assert len(task_calls) == 2 * task_blocks  # both tasks
     for x, y in zip(refined, expected[0]):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(propagated, expected[1], rtol=1e-5, atol=1e-6)

@@ -32,7 +32,9 @@ of ``A_seg``/``A_sal`` on each side of a chunk.
 In that mode a context keeps the blocks of its pairwise affinity the first pass builds, up to ``cache_elements``
 entries per context (default 2²⁸: 1 GiB float32, a 960×720 image's ``A_CT`` at stride 8 is 0.47 GiB), so the
 refinement, the CAM propagation and the health statistics of a label update build ``A_CT`` once, not four times;
-blocks beyond the budget are rebuilt on every pass (compute traded for memory).
+blocks beyond the budget are rebuilt on every pass (compute traded for memory). The feature enhancement reads the
+rows of ``A_seg`` / ``A_sal`` from the same walk that fuses those kept blocks (:func:`_cross_task_pass`), so each
+task affinity block is built once per forward, not twice.
 """
 
 from __future__ import annotations
@@ -128,12 +130,18 @@ class _CrossTaskRows:
         self.num_positions = seg.num_positions
 
     def rows(self, start: int, stop: int) -> Tensor:
+        return self.build(start, stop)[0]
+
+    def build(self, start: int, stop: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Rows ``start:stop`` of ``A_CT`` and the same rows of ``A_seg`` and ``A_sal`` it was fused from, each
+        ``(B, stop - start, N)`` float32 (the task rows are views of the halo blocks)."""
         n = self.num_positions
         lo, hi = max(start - 1, 0), min(stop + 1, n)
-        fused = self.fusion(self.seg.rows(lo, hi), self.sal.rows(lo, hi), halo_top=start > 0, halo_bottom=stop < n)
+        a_seg, a_sal = self.seg.rows(lo, hi), self.sal.rows(lo, hi)
+        fused = self.fusion(a_seg, a_sal, halo_top=start > 0, halo_bottom=stop < n)
         if self.renormalize:
             fused = fused / fused.sum(dim=-1, keepdim=True).clamp_min(_EPS)
-        return fused
+        return fused, a_seg[:, start - lo : stop - lo], a_sal[:, start - lo : stop - lo]
 
 
 class _CachedRows:
@@ -155,10 +163,19 @@ class _CachedRows:
         block = self._blocks.get((start, stop))
         if block is None:
             block = self.source.rows(start, stop)
-            if self._kept + block.numel() <= self.budget:
-                self._blocks[(start, stop)] = block
-                self._kept += block.numel()
+            self.offer(start, stop, block)
         return block
+
+    def has_room(self, numel: int) -> bool:
+        """Whether a block of ``numel`` entries would still be kept."""
+        return self._kept + numel <= self.budget
+
+    def offer(self, start: int, stop: int, block: Tensor) -> None:
+        """Keep ``block`` as rows ``start:stop`` if it fits the budget (a block built elsewhere, e.g. by
+        :func:`_cross_task_pass`)."""
+        if (start, stop) not in self._blocks and self.has_room(block.numel()):
+            self._blocks[(start, stop)] = block
+            self._kept += block.numel()
 
 
 def _block_step(num_positions: int, chunk_size: int) -> int:
@@ -181,6 +198,41 @@ def _apply_rows(source: _RowSource, values: Tensor, chunk_size: int) -> Tensor:
         step = _block_step(n, chunk_size)
         blocks = [torch.bmm(values, source.rows(s, min(s + step, n)).transpose(1, 2)) for s in range(0, n, step)]
         return torch.cat(blocks, dim=-1)
+
+
+def _cross_task_pass(fused: _CachedRows, g_seg: Tensor, g_sal: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
+    """One walk over the blocks of a lazy ``A_CT`` that also gives both tasks' non-local contexts.
+
+    The enhancement ``A_t g_t`` needs the rows of ``A_seg`` and ``A_sal`` that the fusion of ``A_CT`` builds anyway:
+    each block is built once, its ``A_CT`` rows offered to ``fused``'s cache (the later passes of a label update
+    read them there) and its task rows multiplied with ``g_t``. Blocks the cache has no room for are not fused here
+    (their task rows are built alone, as the enhancement always did); later passes rebuild them.
+
+    Args:
+        fused: the cached lazy ``A_CT`` whose source is a :class:`_CrossTaskRows`.
+        g_seg, g_sal: ``g_t(F_t)`` flattened, ``(B, C, N)``.
+        chunk_size: query rows per block (:func:`_block_step`).
+
+    Returns:
+        ``(A_seg g_seg, A_sal g_sal)``, each ``(B, C, N)`` float32.
+    """
+    source = fused.source
+    assert isinstance(source, _CrossTaskRows)
+    n = source.num_positions
+    step = _block_step(n, chunk_size)
+    with _no_autocast(g_seg.device):
+        g_seg, g_sal = g_seg.float(), g_sal.float()
+        seg_blocks, sal_blocks = [], []
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            if fused.has_room(g_seg.shape[0] * (stop - start) * n):
+                block, a_seg, a_sal = source.build(start, stop)
+                fused.offer(start, stop, block)
+            else:
+                a_seg, a_sal = source.seg.rows(start, stop), source.sal.rows(start, stop)
+            seg_blocks.append(torch.bmm(g_seg, a_seg.transpose(1, 2)))
+            sal_blocks.append(torch.bmm(g_sal, a_sal.transpose(1, 2)))
+        return torch.cat(seg_blocks, dim=-1), torch.cat(sal_blocks, dim=-1)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -417,7 +469,16 @@ class TaskAffinity(nn.Module):
         with _no_autocast(features.device):
             return torch.softmax(_conv_fp32(self.unary, features).flatten(1), dim=-1)
 
-    def enhance(self, features: Tensor, pairwise: _RowSource | None, unary: Tensor | None, chunk_size: int) -> Tensor:
+    def enhance(
+        self,
+        features: Tensor,
+        pairwise: _RowSource | None,
+        unary: Tensor | None,
+        chunk_size: int,
+        *,
+        g: Tensor | None = None,
+        pairwise_context: Tensor | None = None,
+    ) -> Tensor:
         """``F' = F + W(A g(F) + γ 1 cᵀ)`` with whichever terms are given (γ = ``feature_gate`` or 1); ``F`` itself
         when neither is.
 
@@ -426,17 +487,22 @@ class TaskAffinity(nn.Module):
             pairwise: this task's own pairwise affinity (a row source), or None.
             unary: this task's own ``u_t`` ``(B, N)``, or None.
             chunk_size: query rows per block when ``pairwise`` is lazy.
+            g: ``g(F_t)`` ``(B, C, h, w)`` when the caller has computed it already.
+            pairwise_context: ``A g(F_t)`` ``(B, C, N)`` float32 when the caller has computed it (then ``pairwise``
+                is not read): the chunked cross-task pass builds it from the blocks it fuses anyway.
 
         Returns:
             ``F'_t`` ``(B, C, h, w)``.
         """
-        if pairwise is None and unary is None:
+        if pairwise is None and pairwise_context is None and unary is None:
             return features
-        g = self.g(features)
+        g = self.g(features) if g is None else g
         g_flat = g.flatten(2)
         with _no_autocast(features.device):
             context = torch.zeros_like(g_flat, dtype=torch.float32)
-            if pairwise is not None:
+            if pairwise_context is not None:
+                context = context + pairwise_context
+            elif pairwise is not None:
                 context = context + _apply_rows(pairwise, g_flat, chunk_size)
             if unary is not None:
                 c = torch.einsum("bn,bcn->bc", unary, g_flat.float())  # query-independent context c_t
@@ -473,19 +539,25 @@ class PairwiseFusion(nn.Module):
     def _logit_difference(self, a_seg: Tensor, a_sal: Tensor, halo_top: bool, halo_bottom: bool) -> Tensor:
         """``l_seg − l_sal`` ``(B, R, N)`` float32: Ω_seg = σ(it), Ω_sal = σ(−it) (see :meth:`weights`)."""
         with _no_autocast(a_seg.device):
-            # (B, 2, R, N) with the two tasks innermost (channels-last): oneDNN's 2-channel 3×3 convolution runs
-            # 2.3× faster on it than on the planar stack, with identical results.
-            x = torch.stack([a_seg.float(), a_sal.float()], dim=-1).permute(0, 3, 1, 2)
-            # Zero padding only at true borders of the query axis; the key axis always has its borders.
-            x = F.pad(x, (0, 0, 0 if halo_top else 1, 0 if halo_bottom else 1))
-            h = torch.relu(F.conv2d(x, self.conv3x3.weight.float(), padding=(0, 1)))
+            batch, rows, n = a_seg.shape
+            # Zero padding only at true borders of the query axis; the key axis always has its borders (conv).
+            top, bottom = (0 if halo_top else 1), (0 if halo_bottom else 1)
+            # (B, R', N, 2): the two tasks innermost (channels-last), written once into a buffer that already holds
+            # the padding rows. oneDNN's 2-channel 3×3 convolution runs 2.3× faster on it than on the planar stack.
+            x = a_seg.new_empty(batch, top + rows + bottom, n, 2, dtype=torch.float32)
+            if top:
+                x[:, 0] = 0.0
+            if bottom:
+                x[:, -1] = 0.0
+            x[:, top : top + rows, :, 0] = a_seg
+            x[:, top : top + rows, :, 1] = a_sal
+            h = F.conv2d(x.permute(0, 3, 1, 2), self.conv3x3.weight.float(), padding=(0, 1)).relu_()
             # softmax over two channels is a sigmoid of their difference: Ω_seg = σ(l_seg − l_sal), with
-            # l_seg − l_sal = (w_seg − w_sal)·h + (b_seg − b_sal). Two multiply-adds per entry instead of a 2→2
-            # 1×1 convolution over the N×N "image", which oneDNN runs at a fraction of memory speed.
+            # l_seg − l_sal = (w_seg − w_sal)·h + (b_seg − b_sal): one (…, 2) × (2,) product over the channels-last h
+            # instead of a 2→2 1×1 convolution over the N×N "image", which oneDNN runs at a fraction of memory speed.
             weight = self.conv1x1.weight.float()[:, :, 0, 0]
             bias = self.conv1x1.bias.float()
-            w_diff, b_diff = weight[0] - weight[1], bias[0] - bias[1]
-            return h[:, 0] * w_diff[0] + h[:, 1] * w_diff[1] + b_diff
+            return torch.matmul(h.permute(0, 2, 3, 1), weight[0] - weight[1]) + (bias[0] - bias[1])
 
     def forward(self, a_seg: Tensor, a_sal: Tensor, halo_top: bool = False, halo_bottom: bool = False) -> Tensor:
         """``A_CT = Ω_seg ⊙ A_seg + Ω_sal ⊙ A_sal`` for the non-halo rows: ``(B, R, N)`` float32."""
@@ -493,7 +565,8 @@ class PairwiseFusion(nn.Module):
         top = 1 if halo_top else 0
         stop = a_seg.shape[1] - (1 if halo_bottom else 0)
         with _no_autocast(a_seg.device):
-            return torch.sigmoid(diff) * a_seg[:, top:stop].float() + torch.sigmoid(-diff) * a_sal[:, top:stop].float()
+            # Ω_seg·A_seg + (1 − Ω_seg)·A_sal in one fused pass (Ω_sal = σ(−d) = 1 − σ(d))
+            return torch.lerp(a_sal[:, top:stop].float(), a_seg[:, top:stop].float(), torch.sigmoid(diff))
 
 
 class UnaryFusion(nn.Module):
@@ -641,18 +714,25 @@ class CrossTaskAffinity(nn.Module):
         u_seg = self.seg.unary_weights(seg_features) if self.use_unary else None
         u_sal = self.sal.unary_weights(sal_features) if self.use_unary else None
 
-        seg_out = self.seg.enhance(seg_features, seg_rows, u_seg, self.chunk_size)
-        sal_out = self.sal.enhance(sal_features, sal_rows, u_sal, self.chunk_size)
+        pair: _RowSource | None = None
+        if self.cross_task and seg_rows is not None and sal_rows is not None and self.pairwise_fusion is not None:
+            pair = _CrossTaskRows(seg_rows, sal_rows, self.pairwise_fusion, self.renormalize_rows)
+            # A_CT serves the refinement, the propagation and the health statistics: build it once
+            pair = _DenseRows(pair.rows(0, n)) if not chunked else _CachedRows(pair, self.cache_elements)
+        if isinstance(pair, _CachedRows):
+            # the enhancement reads A_seg / A_sal rows from the same walk that fuses (and keeps) A_CT's blocks
+            g_seg, g_sal = self.seg.g(seg_features), self.sal.g(sal_features)
+            pc_seg, pc_sal = _cross_task_pass(pair, g_seg.flatten(2), g_sal.flatten(2), self.chunk_size)
+            seg_out = self.seg.enhance(seg_features, None, u_seg, self.chunk_size, g=g_seg, pairwise_context=pc_seg)
+            sal_out = self.sal.enhance(sal_features, None, u_sal, self.chunk_size, g=g_sal, pairwise_context=pc_sal)
+        else:
+            seg_out = self.seg.enhance(seg_features, seg_rows, u_seg, self.chunk_size)
+            sal_out = self.sal.enhance(sal_features, sal_rows, u_sal, self.chunk_size)
 
         ctx_kw = {"chunk_size": self.chunk_size, "average_terms": self.average_terms}
         # Without unary_refinement the unary context has done its work in F'_t, and R = A·L.
         u_seg_ref, u_sal_ref = (u_seg, u_sal) if self.unary_refinement else (None, None)
         if self.cross_task:
-            pair: _RowSource | None = None
-            if seg_rows is not None and sal_rows is not None and self.pairwise_fusion is not None:
-                pair = _CrossTaskRows(seg_rows, sal_rows, self.pairwise_fusion, self.renormalize_rows)
-                # A_CT serves the refinement, the propagation and the health statistics: build it once
-                pair = _DenseRows(pair.rows(0, n)) if not chunked else _CachedRows(pair, self.cache_elements)
             u_ct = self._fuse_unary(u_seg_ref, u_sal_ref) if (u_seg_ref is not None and u_sal_ref is not None) else None
             shared = AffinityContext((h, w), b, device, pair, u_ct, **ctx_kw)
             return AffinityOutput(seg_out, sal_out, shared, shared)
