@@ -266,8 +266,11 @@ def test_malformed_segmentation_names_the_annotation(tmp_path: Path, segmentatio
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     instances, out, labels = _write(tmp_path, _instances()), tmp_path / "masks", tmp_path / "labels.json"
     argv = ["--instances", str(instances), "--out", str(out), "--labels", str(labels), "--crowd", "skip"]
-    assert main([*argv, "--no-progress"]) == 0
-    assert "3 images: 3 masks written" in capsys.readouterr().out
+    assert main([*argv, "--no-progress", "--list", str(tmp_path / "train.txt")]) == 0
+    printed = capsys.readouterr().out
+    assert "3 images: 3 masks written" in printed and "list of the 2 labelled" in printed
+    # the split list WSSS work uses: the images with a class (C has no annotation), sorted
+    assert (tmp_path / "train.txt").read_text() == "".join(f"{name}\n" for name in sorted((NAME_A, NAME_B)))
     np.testing.assert_array_equal(_read(out / f"{NAME_B}.png"), _mask_b(0))
     assert main(["--instances", str(tmp_path / "nope.json"), "--out", str(out), "--no-progress"]) == 1
     assert "nope.json does not exist" in capsys.readouterr().err

@@ -232,6 +232,17 @@ def test_list_images_maps_stems_to_files(tmp_path: Path) -> None:
     assert list_images(tmp_path)["a"] == tmp_path / "a.PNG"
 
 
+def test_list_images_refuses_two_files_of_one_stem(tmp_path: Path) -> None:
+    """``a.jpg`` next to ``a.png`` must not make one of them vanish (an image scored against itself)."""
+    for name in ("a.jpg", "a.png", "b.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"holds both a\.jpg and a\.png: files are matched by name without"):
+        list_images(tmp_path)
+    # a caller selecting one kind by extension lists each kind without a clash
+    assert list_images(tmp_path, (".jpg",)) == {"a": tmp_path / "a.jpg", "b": tmp_path / "b.jpg"}
+    assert list_images(tmp_path, (".png",)) == {"a": tmp_path / "a.png"}
+
+
 def test_atomic_write_gives_the_permissions_of_a_plain_write(tmp_path: Path) -> None:
     """mkstemp's 0600 must not leak: the file gets 0666 minus the umask, like ``open(path, "wb")``."""
     import stat

@@ -70,7 +70,13 @@ def test_a_missing_list_file_is_a_dataset_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "relative", ["ImageSets/Segmentation/trainaug.txt", "ImageSets/Segmentation/train_aug_id.txt", "train_aug_id.txt"]
+    "relative",
+    [
+        "ImageSets/Segmentation/trainaug.txt",
+        "ImageSets/Segmentation/train_aug_id.txt",
+        "train_aug_id.txt",
+        "ImageSets/Segmentation/aug.txt",  # mmsegmentation's name
+    ],
 )
 def test_train_aug_is_found_under_its_aliases(tmp_path: Path, relative: str) -> None:
     target = _write(tmp_path / relative, "2007_000032\n")
@@ -107,6 +113,25 @@ def test_unresolved_split_reports_the_places_tried(tmp_path: Path) -> None:
     ):
         assert tried in message
     assert str(tmp_path) in message and "--data.root" in message
+    # VOC without SBD's set: the message names the command that builds it and the plain-VOC alternative
+    assert "wsss data sbd-masks --sbd benchmark_RELEASE" in message and "--data.train_split train" in message
+    with pytest.raises(DatasetError) as error:
+        resolve_split_file(tmp_path, "val")
+    assert "sbd-masks" not in str(error.value)
+
+
+def test_files_saved_with_a_utf8_byte_order_mark_read_like_plain_ones(tmp_path: Path) -> None:
+    """Windows editors save UTF-8 with a BOM; it must not become part of the first id or label key."""
+    bom = b"\xef\xbb\xbf"
+    listing = tmp_path / "train.txt"
+    listing.write_bytes(bom + b"2007_000032\r\n2007_000039\r\n")
+    assert [entry.id for entry in read_id_list(listing)] == ["2007_000032", "2007_000039"]
+    as_json = tmp_path / "labels.json"
+    as_json.write_bytes(bom + json.dumps({"a": [1, 3]}).encode())
+    as_txt = tmp_path / "labels.txt"
+    as_txt.write_bytes(bom + b"a 1 3\r\n")
+    for path, source in ((as_json, "json"), (as_txt, "txt")):
+        np.testing.assert_array_equal(ImageLabels(source, 4, CLASSES, labels_file=path).get("a"), [1, 0, 1])
 
 
 # ------------------------------------------------------------------------------------------------ labels

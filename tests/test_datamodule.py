@@ -203,6 +203,45 @@ def test_loader_names_match_the_val_and_test_dataloaders(tiny_demo: Path) -> Non
         np.testing.assert_array_equal(batch["cls_label"][i].numpy(), labels_from_mask(gt, C))
 
 
+def test_absent_saliency_eval_sets_are_skipped_with_a_warning_or_stop_the_run(tiny_demo: Path) -> None:
+    """The paper configs list five saliency test sets; a user with two of them on disk gets those two scored and
+    one warning per absent set (the check reports it as a warning), or an error with missing_saliency_sets=error.
+    The training set (DUTS-TR) and a set on disk but broken stay errors."""
+    sets = {"ECSSD": "../../ECSSD", "PASCAL-S": "../../PASCAL-S", "HKU-IS": "../../ECSSD/nowhere"}
+    dm = _dm(tiny_demo, saliency_val_sets={"PASCAL-S": "../../PASCAL-S"}, saliency_test_sets=sets)
+    with pytest.warns(UserWarning, match=r"is not on disk and is skipped") as caught:
+        assert dm.loader_names("test") == ["seg/val", "sal/ECSSD"]
+        assert dm.loader_names("validate") == ["seg/val"]
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 3  # once per (stage, set), however often the sets are asked for
+    assert messages[0].startswith("saliency test set PASCAL-S is not on disk and is skipped")
+    assert "HKU-IS" in messages[1] and "--data.saliency_test_sets" in messages[1]
+    assert messages[2].startswith("saliency val set PASCAL-S") and "--data.saliency_val_sets" in messages[2]
+    assert len(dm.test_dataloader()) == 2
+    report = check_datamodule(dm, stage="test")
+    assert not report.errors
+    assert sorted(p.path for p in report.warnings if p.kind.startswith("saliency set not on disk")) == [
+        "HKU-IS",
+        "PASCAL-S",
+    ]
+    dm.setup("test")  # no DatasetError
+
+    strict = _dm(tiny_demo, saliency_test_sets=sets, missing_saliency_sets="error")
+    assert strict.loader_names("test") == ["seg/val", "sal/ECSSD", "sal/PASCAL-S", "sal/HKU-IS"]
+    assert any("PASCAL-S" in p.message for p in check_datamodule(strict, stage="test").errors)
+    with pytest.raises(DatasetError, match="PASCAL-S"):
+        strict.setup("test")
+
+    broken = _dm(tiny_demo, saliency_train_root="../../PASCAL-S")  # a missing training set is an error
+    assert any("PASCAL-S" in p.message for p in check_datamodule(broken, stage="fit").errors)
+
+
+def test_an_absent_saliency_map_folder_is_one_error_naming_the_setting(tiny_demo: Path) -> None:
+    report = check_datamodule(_dm(tiny_demo, saliency_dir="no_such_maps"), stage="fit")
+    (error,) = report.errors
+    assert error.path.endswith("no_such_maps") and "--data.saliency_dir" in error.message
+
+
 def test_saliency_train_root_gives_combined_batches(tiny_demo: Path) -> None:
     dm = _dm(tiny_demo, saliency_train_root="../../DUTS-TR", saliency_batch_size=3, train_target="gt")
     loader = dm.train_dataloader()
@@ -346,6 +385,24 @@ def test_coco_layout_without_list_files(tmp_path: Path) -> None:
     batch = next(iter(dm.val_dataloader()[0]))
     assert batch["name"] == ["COCO_val2014_000000000042"]
     assert set(batch["seg"].unique().tolist()) == {0, 18} and batch["cls_label"][0, 17] == 1.0
+
+
+def test_an_unannotated_coco_image_is_a_warning_in_a_folder_split_and_an_error_in_a_list(tmp_path: Path) -> None:
+    """train2014 holds ~700 images without annotations; a split that is the image folder includes them (they train
+    as background only: a warning that names the list `coco-masks --list` writes), a list that names one is an
+    error."""
+    root = _coco(tmp_path)
+    write_grey_png(root / "SegmentationClass/train2014/COCO_train2014_000000000025.png", np.zeros((16, 20), np.uint8))
+    kw = dict(dataset="coco", train_split="train", val_split="val", num_workers=0, persistent_workers=False)
+    dm = WSSSDataModule(str(root), **kw)
+    report = check_datamodule(dm, stage="fit", full=True)
+    assert not report.errors
+    (warning,) = [p for p in report.warnings if p.kind.startswith("image with no class")]
+    assert warning.path.endswith("COCO_train2014_000000000025.jpg") and "--list" in warning.message
+    (root / "train.txt").write_text("COCO_train2014_000000000009\nCOCO_train2014_000000000025\n")
+    listed = WSSSDataModule(str(root), **kw)
+    (error,) = check_datamodule(listed, stage="fit", full=True).errors
+    assert error.kind == "image with no class" and "train.txt line 2" in error.where
 
 
 def test_coco_list_files_win_and_broken_ones_are_errors(tmp_path: Path) -> None:

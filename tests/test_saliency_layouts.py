@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from wsss_lightning.data.io import DatasetError, write_grey_png
+from wsss_lightning.data.io import DatasetError, read_image, write_grey_png
 from wsss_lightning.data.saliency import (
     GENERIC_LAYOUTS,
     PUBLISHED_LAYOUTS,
@@ -18,7 +19,7 @@ from wsss_lightning.data.saliency import (
     pair_files,
     resolve_layout,
 )
-from wsss_lightning.data.transforms import ScaleCropFlip
+from wsss_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ScaleCropFlip, normalize_image
 
 
 def _pairs(images: Path, masks: Path, stems=("a", "b"), image_suffix: str = ".jpg") -> None:
@@ -202,3 +203,124 @@ def test_demo_saliency_sets_load(tiny_demo: Path) -> None:
     assert len(train) == 12
     sal = train[0]["sal"]
     assert set(sal.unique().tolist()) <= {0.0, 1.0}  # DUTS-style binary masks
+
+
+def _side_by_side(folder: Path, stems=("0001", "0002"), image_suffix: str = ".jpg") -> dict[str, np.ndarray]:
+    """Images next to their masks in one folder (``Imgs/0001.jpg`` + ``Imgs/0001.png``), every mask different
+    from its image and from the other masks. Returns each stem's mask."""
+    folder.mkdir(parents=True, exist_ok=True)
+    masks = {}
+    for index, stem in enumerate(stems):
+        Image.fromarray(np.full((8, 10, 3), 60 * (index + 1), np.uint8)).save(folder / f"{stem}{image_suffix}")
+        mask = np.zeros((8, 10), np.uint8)
+        mask[:, : 2 * (index + 1)] = 255
+        mask[0, 9] = 100 + index  # a soft value: sal must be the PNG's grey level / 255, not a binarised copy
+        write_grey_png(folder / f"{stem}.png", mask)
+        masks[stem] = mask
+    return masks
+
+
+@pytest.mark.parametrize(
+    ("name", "root", "folder"),
+    [
+        ("ECSSD", "", "ECSSD/Imgs"),  # the SOD-toolbox ECSSD below the download folder
+        ("ECSSD", "ECSSD", "ECSSD/Imgs"),
+        ("ECSSD", "ECSSD/Imgs", "ECSSD/Imgs"),  # the folder itself given as root
+        ("HKU-IS", "HKU-IS", "HKU-IS/imgs"),
+        ("DUT-OMRON", "", "DUT-OMRON/images"),
+        (None, "SOD", "SOD/Image"),
+    ],
+)
+def test_side_by_side_layout_pairs_each_jpg_with_its_png(tmp_path: Path, name, root: str, folder: str) -> None:
+    masks = _side_by_side(tmp_path / folder)
+    Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(tmp_path / folder / "0003.jpg")  # an image without mask
+    shared = tmp_path / folder
+    assert resolve_layout(tmp_path / root, name) == (shared, shared)
+    pairs, unmatched = pair_files(shared, shared)
+    assert pairs == [
+        ("0001", shared / "0001.jpg", shared / "0001.png"),
+        ("0002", shared / "0002.jpg", shared / "0002.png"),
+    ]
+    assert unmatched == ["0003"]
+    dataset = SaliencyDataset(tmp_path / root, name)
+    assert dataset.ids == ["0001", "0002"] and dataset.images_without_mask == ["0003"]
+    for index, stem in enumerate(("0001", "0002")):
+        sample = dataset[index]
+        assert sample["name"] == stem
+        torch.testing.assert_close(sample["sal"], torch.from_numpy(masks[stem].astype(np.float32) / 255.0))
+        expected = normalize_image(read_image(shared / f"{stem}.jpg"), IMAGENET_MEAN, IMAGENET_STD)
+        torch.testing.assert_close(sample["image"], expected)  # the photograph, not the mask read as RGB
+
+
+def test_the_same_folder_given_as_image_and_mask_dir_pairs_images_with_png_masks(tmp_path: Path) -> None:
+    masks = _side_by_side(tmp_path / "pics", stems=("a", "b"))
+    Image.fromarray(np.full((8, 10, 3), 7, np.uint8)).save(tmp_path / "pics" / "c.bmp")
+    write_grey_png(tmp_path / "pics" / "c.png", np.full((8, 10), 9, np.uint8))
+    pics = tmp_path / "pics"
+    assert resolve_layout(tmp_path, "ECSSD", image_dir="pics", mask_dir="pics") == (pics, pics)
+    pairs, unmatched = pair_files(pics, pics)
+    assert pairs == [
+        ("a", pics / "a.jpg", pics / "a.png"),
+        ("b", pics / "b.jpg", pics / "b.png"),
+        ("c", pics / "c.bmp", pics / "c.png"),
+    ]
+    assert unmatched == []
+    dataset = SaliencyDataset(tmp_path, "ECSSD", image_dir="pics", mask_dir="pics")
+    torch.testing.assert_close(dataset[1]["sal"], torch.from_numpy(masks["b"].astype(np.float32) / 255.0))
+    torch.testing.assert_close(dataset[2]["sal"], torch.full((8, 10), 9 / 255.0))
+    # pics/ is no side-by-side candidate: without image_dir / mask_dir nothing is found, and the error says where
+    with pytest.raises(DatasetError, match=r"one folder of images next to their \.png masks: Imgs, imgs"):
+        resolve_layout(tmp_path, "ECSSD")
+
+
+def test_side_by_side_folder_errors(tmp_path: Path) -> None:
+    shared = tmp_path / "Imgs"
+    _side_by_side(shared, stems=("a",))
+    write_grey_png(shared / "orphan.png", np.zeros((8, 10), np.uint8))
+    with pytest.raises(DatasetError) as error:
+        pair_files(shared, shared)
+    assert "1 masks" in str(error.value) and str(shared / "orphan.png") in str(error.value)
+    only_images = tmp_path / "jpgs"
+    only_images.mkdir()
+    Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(only_images / "a.jpg")
+    with pytest.raises(DatasetError, match=r"holds no \.png masks"):
+        pair_files(only_images, only_images)
+    two_jpegs = tmp_path / "two"
+    _side_by_side(two_jpegs, stems=("a",))
+    Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(two_jpegs / "a.bmp")
+    with pytest.raises(DatasetError, match=r"two holds both a\.bmp and a\.jpg"):
+        pair_files(two_jpegs, two_jpegs)
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        ("a.png", "b.png"),  # HKU-IS images alone: PNGs only
+        ("a.jpg", "b.png"),  # a PNG and a JPEG of different names
+    ],
+)
+def test_a_folder_without_an_image_and_png_of_one_name_is_not_side_by_side(tmp_path: Path, files) -> None:
+    (tmp_path / "imgs").mkdir()
+    for name in files:
+        Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(tmp_path / "imgs" / name)
+    with pytest.raises(DatasetError, match="no HKU-IS image/mask folders"):
+        resolve_layout(tmp_path, "HKU-IS")
+
+
+def test_two_folder_layouts_come_before_a_side_by_side_folder(tmp_path: Path) -> None:
+    _pairs(tmp_path / "images", tmp_path / "ground_truth_mask")
+    _side_by_side(tmp_path / "Imgs")
+    assert resolve_layout(tmp_path, "ECSSD") == (tmp_path / "images", tmp_path / "ground_truth_mask")
+
+
+def test_duplicate_stems_in_a_two_folder_image_folder_are_an_error(tmp_path: Path) -> None:
+    _pairs(tmp_path / "images", tmp_path / "ground_truth_mask")
+    write_grey_png(tmp_path / "images" / "a.png", np.zeros((8, 10), np.uint8))  # a mask copied among the images
+    expected = (
+        re.escape(str(tmp_path / "images"))
+        + r" holds both a\.jpg and a\.png: files are matched by name without extension"
+    )
+    with pytest.raises(DatasetError, match=expected):
+        pair_files(tmp_path / "images", tmp_path / "ground_truth_mask")
+    with pytest.raises(DatasetError, match=expected):
+        SaliencyDataset(tmp_path, "ECSSD")

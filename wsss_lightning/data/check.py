@@ -79,7 +79,8 @@ class CheckReport:
         more = f"\n... and {len(self.errors) - limit} more" if len(self.errors) > limit else ""
         return (
             f"the dataset check found {len(self.errors)} problems:\n{shown}{more}\n{self.summary()}\n"
-            "Run `wsss data check --config <your config>` for the full report, or set --data.check off to skip."
+            "Run `wsss data check --config <your config>` for the full report; fix the files, or leave the broken "
+            "part out of the config (--data.check off skips this check, not the files' loading)."
         )
 
 
@@ -191,7 +192,16 @@ def _check_entry(job: _SplitJob, entry: ListEntry, full: bool) -> tuple[list[Pro
             problems.append(Problem("missing image label", str(job.labels.path_for(entry.id)), str(error), where))
     if label_vector is not None and not label_vector.any():
         message = f"has no foreground class in its image-level label (from {label_file})"
-        problems.append(Problem("image with no class", str(image_path), message, where))
+        if entry.line <= 0:
+            # A split that is a whole image folder (COCO without list files) holds the images the release has
+            # no annotation for: they train as background only. WSSS work leaves them out of its lists.
+            message += (
+                "; it is in the split because the split is the whole image folder: it trains as background only. "
+                "`wsss data coco-masks ... --list <root>/<split>.txt` writes the usual list without such images"
+            )
+            problems.append(Problem("image with no class (folder split)", str(image_path), message, where, True))
+        else:
+            problems.append(Problem("image with no class", str(image_path), message, where))
     return problems, label_vector
 
 
@@ -281,13 +291,21 @@ def check_datamodule(
                 labels = datamodule.train_labels()
                 if labels.source == "masks":
                     seg_dir = datamodule.train_gt_dir()
+                sal_dir = datamodule.path(hp.saliency_dir)
+                if sal_dir is not None and not sal_dir.is_dir():  # one line, not one per id
+                    message = (
+                        "the off-the-shelf saliency maps folder does not exist; put the maps (<id>.png, grey "
+                        "0-255) there, or point --data.saliency_dir at them"
+                    )
+                    report.add(Problem("missing folder", str(sal_dir), message))
+                    sal_dir = None
                 job = _SplitJob(
                     f"{split} (train)",
                     entries,
                     datamodule.image_dir(split),
                     seg_dir,
                     hp.train_target == "gt" or labels.source == "masks",
-                    datamodule.path(hp.saliency_dir),
+                    sal_dir,
                     tuple(p for p in (pseudo, pseudo_sal) if p is not None),
                     labels,
                     datamodule.num_classes,
@@ -311,9 +329,12 @@ def check_datamodule(
     sets: list[tuple[str, str]] = []
     if "fit" in stages and hp.saliency_train_root:
         sets.append((hp.saliency_train_name, hp.saliency_train_root))
-    if stages & {"fit", "validate"}:
-        sets += list((hp.saliency_val_sets or {}).items())
-    if "test" in stages:
-        sets += list((hp.saliency_test_sets or {}).items())
+    eval_stages = (["validate"] if stages & {"fit", "validate"} else []) + (["test"] if "test" in stages else [])
+    for eval_stage in eval_stages:
+        # a val / test set that is not on disk is skipped (a warning) unless missing_saliency_sets is "error"
+        sets += list(datamodule.saliency_eval_sets(eval_stage).items())
+        if hp.get("missing_saliency_sets", "skip") == "skip":
+            for name, why in datamodule.missing_saliency_sets(eval_stage).items():
+                report.add(Problem("saliency set not on disk (skipped)", name, why, warning=True))
     _saliency_sets(datamodule, report, dict.fromkeys(sets), full, progress)
     return report

@@ -20,6 +20,7 @@ split's name (COCO: ``{split}2014``).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +28,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from lightning.pytorch.utilities import CombinedLoader
+from lightning.pytorch.utilities import CombinedLoader, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from wsss_lightning.data.collate import BatchScaleCollate, pad_collate
@@ -35,7 +36,7 @@ from wsss_lightning.data.dataset import SegmentationDataset
 from wsss_lightning.data.io import IMAGE_EXTENSIONS, DatasetError, list_images
 from wsss_lightning.data.labels import AugmentedCopyLabels, ImageLabels, LabelSourceName
 from wsss_lightning.data.palette import COCO_CLASSES, VOC_CLASSES, default_class_names
-from wsss_lightning.data.saliency import SaliencyDataset, canonical_name
+from wsss_lightning.data.saliency import SaliencyDataset, canonical_name, resolve_layout
 from wsss_lightning.data.sampling import (
     EpochSampler,
     EpochSubset,
@@ -99,6 +100,10 @@ class WSSSDataModule(L.LightningDataModule):
             epoch, ``data/sampling.py`` ``EpochSubset``). They differ only when the saliency set is the longer: a
             recipe measured in steps per epoch (the SSNet demo) keeps its schedule next to the full DUTS-TR.
         saliency_val_sets / saliency_test_sets: ``{name: root}`` of saliency sets scored at val / test.
+        missing_saliency_sets: what a val / test saliency set that is not on disk (no root, or no image / mask
+            folders of its layouts under it) does: ``skip`` it with a warning naming the set and the fix (its
+            scores are then absent from the results), or stop with an ``error``. A set that is on disk but broken
+            is always an error, and so is a missing training set (DUTS-TR).
         predict_dir: folder of images for ``wsss predict``.
         batch_size, saliency_batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers: loaders.
         prefetch_factor: batches each worker loads ahead (PyTorch's default 2 when None; only with workers).
@@ -142,6 +147,7 @@ class WSSSDataModule(L.LightningDataModule):
         joint_epoch: Literal["longest", "segmentation"] = "longest",
         saliency_val_sets: dict[str, str] | None = None,
         saliency_test_sets: dict[str, str] | None = None,
+        missing_saliency_sets: Literal["skip", "error"] = "skip",
         predict_dir: str | None = None,
         batch_size: int = 4,
         saliency_batch_size: int | None = None,
@@ -174,6 +180,7 @@ class WSSSDataModule(L.LightningDataModule):
         self.label_set: LabelSet | None = None
         self._entries: dict[str, list[ListEntry]] = {}
         self._train_labels: ImageLabels | None = None
+        self._missing_saliency: dict[tuple[str, str], str] = {}  # (val | test, name) -> why, of the sets warned about
 
     # ------------------------------------------------------------------------------------------ paths
 
@@ -476,11 +483,43 @@ class WSSSDataModule(L.LightningDataModule):
         sal_loader = self._train_loader(saliency, sal_batch)
         return CombinedLoader({"seg": seg_loader, "sal": sal_loader}, mode="max_size_cycle")
 
+    def saliency_eval_sets(self, stage: str) -> dict[str, str]:
+        """The ``{name: root}`` saliency sets scored at ``stage`` (``validate``/``fit``: the val sets, ``test``)
+        that are on disk; with ``missing_saliency_sets: error`` every configured set."""
+        hp = self.hparams
+        sets = dict((hp.saliency_test_sets if stage == "test" else hp.saliency_val_sets) or {})
+        if hp.get("missing_saliency_sets", "skip") == "error":
+            return sets
+        missing = self.missing_saliency_sets(stage)
+        return {name: root for name, root in sets.items() if name not in missing}
+
+    def missing_saliency_sets(self, stage: str) -> dict[str, str]:
+        """``{name: why}`` of the val / test saliency sets of ``stage`` that are not on disk (see
+        ``missing_saliency_sets``); each is warned about once per process."""
+        hp = self.hparams
+        sets = (hp.saliency_test_sets if stage == "test" else hp.saliency_val_sets) or {}
+        kind = "test" if stage == "test" else "val"
+        missing: dict[str, str] = {}
+        for name, root in sets.items():
+            try:
+                resolve_layout(self.path(root) or root, name)
+            except DatasetError as error:
+                missing[name] = str(error)
+                if (kind, name) not in self._missing_saliency:
+                    self._missing_saliency[(kind, name)] = str(error)
+                    rank_zero_warn(
+                        f"saliency {kind} set {name} is not on disk and is skipped: its scores will be missing from "
+                        f"the results ({error}). Put it at {os.path.normpath(self.path(root))}, point "
+                        f"--data.saliency_{kind}_sets at it, or drop it from that setting "
+                        "(--data.missing_saliency_sets error makes this an error)"
+                    )
+        return missing
+
     def loader_names(self, stage: str) -> list[str]:
-        """Names of the val/test loaders in order: ``seg/<split>`` then ``sal/<name>``."""
+        """Names of the val/test loaders in order: ``seg/<split>`` then ``sal/<name>`` (the sets on disk)."""
         split = self.hparams.val_split if stage == "validate" else self.test_split
-        sets = self.hparams.saliency_val_sets if stage == "validate" else self.hparams.saliency_test_sets
-        return [f"seg/{split}"] + [f"sal/{canonical_name(name)}" for name in (sets or {})]
+        sets = self.saliency_eval_sets("validate" if stage == "validate" else "test")
+        return [f"seg/{split}"] + [f"sal/{canonical_name(name)}" for name in sets]
 
     @staticmethod
     def _eval_sampler(dataset: Dataset):
@@ -502,10 +541,10 @@ class WSSSDataModule(L.LightningDataModule):
         return [self._loader(dataset, batch, pad_collate, sampler=self._eval_sampler(dataset)) for dataset in datasets]
 
     def val_dataloader(self):
-        return self._eval_loaders(self.hparams.val_split, self.hparams.saliency_val_sets)
+        return self._eval_loaders(self.hparams.val_split, self.saliency_eval_sets("validate"))
 
     def test_dataloader(self):
-        return self._eval_loaders(self.test_split, self.hparams.saliency_test_sets)
+        return self._eval_loaders(self.test_split, self.saliency_eval_sets("test"))
 
     def predict_dataloader(self):
         return self._loader(self.predict_dataset(), self.hparams.eval_batch_size, pad_collate)

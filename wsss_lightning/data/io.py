@@ -242,7 +242,29 @@ def write_grey_png(path: str | Path, values: np.ndarray) -> None:
 
 
 def list_images(folder: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> dict[str, Path]:
-    """Map file stem to path for every image file directly inside ``folder`` (sorted by stem)."""
+    """Map file stem to path for every image file directly inside ``folder`` (sorted by stem).
+
+    Every caller matches files across folders by stem, so two files of one stem (``a.jpg`` and ``a.png``)
+    would make one of them vanish silently (an image scored against itself, a prediction for the wrong
+    file): that raises DatasetError naming both. A caller whose folder holds two kinds of file on purpose
+    (images next to their masks) lists each kind with ``extensions`` selecting it.
+    """
     folder = Path(folder)
-    found = {p.stem: p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in extensions}
+    found: dict[str, Path] = {}
+    for path in folder.iterdir():
+        if path.suffix.lower() not in extensions or not path.is_file():
+            continue
+        kept = found.setdefault(path.stem, path)
+        if kept is not path:
+            raise _duplicate_stem(folder, kept, path, extensions)
     return dict(sorted(found.items()))
+
+
+def _duplicate_stem(folder: Path, first: Path, second: Path, extensions: tuple[str, ...]) -> DatasetError:
+    """The error for two files of one stem in a folder listed by :func:`list_images`."""
+    first, second = sorted((first, second))
+    return DatasetError(
+        f"{folder} holds both {first.name} and {second.name}: files are matched by name without extension, "
+        f"so one of them would be ignored (looking for {', '.join(extensions)}); move or delete one of them "
+        "(a saliency folder holding images next to their .png masks: give it as both image_dir and mask_dir)"
+    )

@@ -73,7 +73,7 @@ def labels_from_mask(mask: np.ndarray, num_classes: int, where: str = "mask", ig
 
 def _load_json(path: Path, num_foreground: int) -> dict[str, np.ndarray]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError as error:
         raise DatasetError(f"label file {path} does not exist") from error
     except json.JSONDecodeError as error:
@@ -88,7 +88,7 @@ def _load_txt(path: Path, num_foreground: int) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise DatasetError(f"label file {path} does not exist")
     table = {}
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, raw in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         parts = raw.split("#", 1)[0].split()
         if not parts:
             continue

@@ -14,7 +14,12 @@ DUT-OMRON      ``DUT-OMRON-image/*.jpg``               ``pixelwiseGT-new-PNG/*.p
 =============  ======================================  =========================================
 
 Re-packaged copies common in SOD code are found too (``Image/Mask``, ``Imgs/GT``, ``images/masks`` as jsws
-uses, ``im/gt``), and ``image_dir`` / ``mask_dir`` override everything. The image set is defined by the
+uses, ``im/gt``), and ``image_dir`` / ``mask_dir`` override everything. Many SOD toolboxes ship a set as one
+folder holding images and masks side by side (``ECSSD/Imgs/0001.jpg`` next to ``ECSSD/Imgs/0001.png``; also
+HKU-IS and DUT-OMRON re-packs): when no two-folder layout matches, a folder ``Imgs``, ``imgs``, ``images``,
+``Image`` or the root itself (or these below ``<name>/``) holding a ``.png`` and a ``.jpg`` / ``.jpeg`` /
+``.bmp`` of one name is taken as such, as is ``image_dir == mask_dir``. In such a folder the ``.png`` files
+are the masks and the other image files the images. The image set is defined by the
 masks (as jsws and the SOD toolboxes do): an image without a mask is skipped (``wsss data check`` reports
 it), a mask without an image is an error.
 """
@@ -58,6 +63,12 @@ PUBLISHED_LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
         )
     ),
 }
+# Folders that may hold images and their masks side by side (tried after every two-folder layout); "" is the root.
+SIDE_BY_SIDE_FOLDERS: tuple[str, ...] = ("Imgs", "imgs", "images", "Image", "")
+# In a folder holding both, the masks are the PNG files and the images every other image file.
+MASK_EXTENSIONS: tuple[str, ...] = (".png",)
+PHOTO_EXTENSIONS: tuple[str, ...] = tuple(e for e in IMAGE_EXTENSIONS if e not in MASK_EXTENSIONS)
+_SIDE_BY_SIDE_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".bmp")
 GENERIC_LAYOUTS: tuple[tuple[str, str], ...] = (
     ("Image", "Mask"),
     ("Imgs", "GT"),
@@ -95,6 +106,24 @@ def _has_images(folder: Path) -> bool:
     return any(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() for p in folder.iterdir())
 
 
+def _holds_images_and_masks(folder: Path) -> bool:
+    """True if ``folder`` holds a ``.png`` file and a ``.jpg`` / ``.jpeg`` / ``.bmp`` file of one stem: images next
+    to their masks, as SOD toolboxes pack ``ECSSD/Imgs``."""
+    if not folder.is_dir():
+        return False
+    masks: dict[str, Path] = {}
+    images: dict[str, list[Path]] = {}
+    for path in folder.iterdir():
+        suffix = path.suffix.lower()
+        if suffix in MASK_EXTENSIONS:
+            masks[path.stem] = path
+        elif suffix in _SIDE_BY_SIDE_IMAGE_EXTENSIONS:
+            images.setdefault(path.stem, []).append(path)
+    return any(
+        masks[stem].is_file() and any(image.is_file() for image in images[stem]) for stem in masks.keys() & images
+    )
+
+
 def resolve_layout(
     root: str | Path, name: str | None = None, image_dir: str | None = None, mask_dir: str | None = None
 ) -> tuple[Path, Path]:
@@ -122,9 +151,18 @@ def resolve_layout(
         # a folder holding only the nested copy (DUT-OMRON-image/DUT-OMRON-image) is not the image folder
         if _has_images(root / images) and _has_images(root / masks):
             return root / images, root / masks
+    # One folder holding images and masks side by side (ECSSD/Imgs/0001.jpg next to 0001.png), tried last: a
+    # two-folder layout is never mistaken for it.
+    shared = SIDE_BY_SIDE_FOLDERS
+    if canonical:
+        shared = shared + tuple(f"{canonical}/{folder}".rstrip("/") for folder in shared)
+    for folder in shared:
+        if _holds_images_and_masks(root / folder):
+            return root / folder, root / folder
     tried = "; ".join(f"{i} + {m}" for i, m in layouts[:8])
     raise DatasetError(
-        f"no {canonical or 'saliency'} image/mask folders holding images under {root} (tried {tried}); "
+        f"no {canonical or 'saliency'} image/mask folders holding images under {root} (tried {tried}; and "
+        f"one folder of images next to their .png masks: {', '.join(f or '.' for f in shared)}); "
         "point the root at the unpacked dataset or set image_dir and mask_dir"
     )
 
@@ -132,17 +170,31 @@ def resolve_layout(
 def pair_files(image_dir: Path, mask_dir: Path) -> tuple[list[tuple[str, Path, Path]], list[str]]:
     """Match images and masks by stem. Returns (pairs, image stems without mask).
 
-    Raises DatasetError if a mask has no image or the mask folder is empty.
+    Two folders: every image file of one is paired with the image file of the same stem in the other. One
+    folder (``image_dir == mask_dir``, images next to their masks): the ``.png`` files are the masks and the
+    other image files (``.jpg``, ``.jpeg``, ``.bmp``, ...) the images. Two files of one stem in one role raise
+    (:func:`~wsss_lightning.data.io.list_images`).
+
+    Raises DatasetError if a mask has no image or there are no masks.
     """
-    images = list_images(image_dir, IMAGE_EXTENSIONS)
-    masks = list_images(mask_dir, IMAGE_EXTENSIONS)
-    if not masks:
-        raise DatasetError(f"{mask_dir} holds no mask images")
+    if image_dir.resolve() == mask_dir.resolve():
+        images = list_images(image_dir, PHOTO_EXTENSIONS)
+        masks = list_images(mask_dir, MASK_EXTENSIONS)
+        if not masks:
+            raise DatasetError(
+                f"{mask_dir} holds no .png masks; a folder given as both image and mask folder must hold images "
+                f"({', '.join(PHOTO_EXTENSIONS)}) next to their .png masks"
+            )
+        where = f"{image_dir} (images next to their masks: the .png files are masks, the others images)"
+    else:
+        images = list_images(image_dir, IMAGE_EXTENSIONS)
+        masks = list_images(mask_dir, IMAGE_EXTENSIONS)
+        if not masks:
+            raise DatasetError(f"{mask_dir} holds no mask images")
+        where = str(image_dir)
     orphans = [stem for stem in masks if stem not in images]
     if orphans:
-        raise DatasetError(
-            f"{len(orphans)} masks in {mask_dir} have no image in {image_dir} (e.g. {mask_dir / (orphans[0] + '.png')})"
-        )
+        raise DatasetError(f"{len(orphans)} masks in {mask_dir} have no image in {where} (e.g. {masks[orphans[0]]})")
     pairs = [(stem, images[stem], path) for stem, path in masks.items()]
     return pairs, [stem for stem in images if stem not in masks]
 

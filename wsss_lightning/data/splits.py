@@ -23,8 +23,9 @@ _ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 # Names under which the same split is published by different sources (SBD/DeepLab, jsws, AuxSegNet, COCO WSSS).
 SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
-    "train_aug": ("train_aug", "trainaug", "train_aug_id"),
-    "trainaug": ("trainaug", "train_aug", "train_aug_id"),
+    # mmsegmentation's VOC aug recipe writes ImageSets/Segmentation/aug.txt
+    "train_aug": ("train_aug", "trainaug", "train_aug_id", "aug"),
+    "trainaug": ("trainaug", "train_aug", "train_aug_id", "aug"),
     "train": ("train", "train_id"),
     "val": ("val", "val_id"),
     "test": ("test", "test_id"),
@@ -66,7 +67,7 @@ def read_id_list(path: str | Path) -> list[ListEntry]:
         raise DatasetError(f"split list {path} does not exist")
     entries: list[ListEntry] = []
     seen: dict[str, int] = {}
-    for number, raw in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+    for number, raw in enumerate(path.read_text(encoding="utf-8-sig", errors="replace").splitlines(), start=1):
         text = raw.split("#", 1)[0].strip()
         if not text:
             continue
@@ -104,7 +105,14 @@ def resolve_split_file(root: str | Path, split: str) -> Path:
         if candidate.is_file():
             return candidate
     tried = ", ".join(str(c.relative_to(root)) for c in candidates[:6])
+    hint = ""
+    if split in ("train_aug", "trainaug"):  # VOC alone has no train_aug: SBD's masks and ids make it
+        hint = (
+            "; VOC's augmented training set comes from SBD: `wsss data sbd-masks --sbd benchmark_RELEASE "
+            f"--voc {root}` writes SegmentationClassAug/ and train_aug.txt (or train on VOC's 1,464 ids with "
+            "--data.train_split train)"
+        )
     raise DatasetError(
         f"no list file for split '{split}' under {root} (tried {tried}, ...); check --data.root points at the "
-        "dataset folder (e.g. VOCdevkit/VOC2012) or pass the list file's path as the split"
+        f"dataset folder (e.g. VOCdevkit/VOC2012) or pass the list file's path as the split{hint}"
     )
