@@ -102,6 +102,11 @@ def test_cli_writes_json_and_reports_errors(root: Path, tmp_path: Path, capsys: 
     write_grey_png(root / "saliency_map/b.png", np.zeros((5, 5), np.uint8))
     assert main(["--root", str(root)]) == 2
     assert "saliency_map/b.png" in capsys.readouterr().err
+    (root / "saliency_map/b.png").unlink()  # maps that cover other ids: one line naming the count and the fix
+    assert main(["--root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "1 of the 2 ids of split val have no saliency map" in err and "saliency_map/b.png" in err
+    assert "--split train" in err
 
 
 def test_saliency_max_f_matches_the_sod_metric_without_a_band() -> None:

@@ -158,6 +158,13 @@ def compute_baselines(
     ids = [entry.id for entry in read_id_list(resolve_split_file(root, split))]
     if not ids:
         raise DatasetError(f"split {split} under {root} lists no ids")
+    absent = [image_id for image_id in ids if not (sal_root / f"{image_id}.png").is_file()]
+    if absent:  # before any scoring: one line for the whole split, not a failure at the first absent map
+        raise DatasetError(
+            f"{len(absent)} of the {len(ids)} ids of split {split} have no saliency map in {sal_root} (e.g. "
+            f"{sal_root / (absent[0] + '.png')}); off-the-shelf maps often cover the training ids only: try "
+            "--split train, or point --saliency-dir at maps of this split"
+        )
     num_classes = len(class_names)
     empty = np.zeros((num_classes, num_classes), dtype=np.int64)
     background = empty.copy()
