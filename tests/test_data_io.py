@@ -243,6 +243,13 @@ def test_list_images_refuses_two_files_of_one_stem(tmp_path: Path) -> None:
     assert list_images(tmp_path, (".png",)) == {"a": tmp_path / "a.png"}
 
 
+def test_list_images_skips_hidden_files_such_as_macos_appledouble(tmp_path: Path) -> None:
+    """A tar made on macOS holds ``._0001.jpg`` (resource data, not a JPEG) beside ``0001.jpg``."""
+    for name in ("0001.jpg", "._0001.jpg", ".hidden.png", "0002.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    assert list_images(tmp_path) == {"0001": tmp_path / "0001.jpg", "0002": tmp_path / "0002.jpg"}
+
+
 def test_atomic_write_gives_the_permissions_of_a_plain_write(tmp_path: Path) -> None:
     """mkstemp's 0600 must not leak: the file gets 0666 minus the umask, like ``open(path, "wb")``."""
     import stat

@@ -252,6 +252,22 @@ def test_side_by_side_layout_pairs_each_jpg_with_its_png(tmp_path: Path, name, r
         torch.testing.assert_close(sample["image"], expected)  # the photograph, not the mask read as RGB
 
 
+def test_macos_appledouble_files_beside_images_and_masks_are_ignored(tmp_path: Path) -> None:
+    """An ECSSD unpacked from a macOS tar holds ``._0001.jpg`` / ``._0001.png`` (not images) beside the real files."""
+    for folder, suffix in (("images", ".jpg"), ("ground_truth_mask", ".png")):
+        (tmp_path / "ECSSD" / folder).mkdir(parents=True)
+        for stem in ("0001", "0002"):
+            (tmp_path / "ECSSD" / folder / f"._{stem}{suffix}").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    masks = {}
+    for index, stem in enumerate(("0001", "0002")):
+        Image.fromarray(np.full((8, 10, 3), 50 * (index + 1), np.uint8)).save(tmp_path / "ECSSD/images" / f"{stem}.jpg")
+        masks[stem] = np.full((8, 10), 255 * index, np.uint8)
+        write_grey_png(tmp_path / "ECSSD/ground_truth_mask" / f"{stem}.png", masks[stem])
+    dataset = SaliencyDataset(tmp_path / "ECSSD", "ECSSD")
+    assert dataset.ids == ["0001", "0002"] and dataset.images_without_mask == []
+    torch.testing.assert_close(dataset[1]["sal"], torch.ones(8, 10))
+
+
 def test_the_same_folder_given_as_image_and_mask_dir_pairs_images_with_png_masks(tmp_path: Path) -> None:
     masks = _side_by_side(tmp_path / "pics", stems=("a", "b"))
     Image.fromarray(np.full((8, 10, 3), 7, np.uint8)).save(tmp_path / "pics" / "c.bmp")

@@ -247,12 +247,13 @@ def list_images(folder: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSIO
     Every caller matches files across folders by stem, so two files of one stem (``a.jpg`` and ``a.png``)
     would make one of them vanish silently (an image scored against itself, a prediction for the wrong
     file): that raises DatasetError naming both. A caller whose folder holds two kinds of file on purpose
-    (images next to their masks) lists each kind with ``extensions`` selecting it.
+    (images next to their masks) lists each kind with ``extensions`` selecting it. Hidden files are skipped:
+    archives made on macOS carry an AppleDouble ``._0001.jpg`` of resource data beside every ``0001.jpg``.
     """
     folder = Path(folder)
     found: dict[str, Path] = {}
     for path in folder.iterdir():
-        if path.suffix.lower() not in extensions or not path.is_file():
+        if path.name.startswith(".") or path.suffix.lower() not in extensions or not path.is_file():
             continue
         kept = found.setdefault(path.stem, path)
         if kept is not path:

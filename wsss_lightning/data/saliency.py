@@ -103,7 +103,9 @@ def _has_images(folder: Path) -> bool:
     """True if ``folder`` is a directory with at least one image file directly inside (stops at the first)."""
     if not folder.is_dir():
         return False
-    return any(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() for p in folder.iterdir())
+    return any(
+        not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() for p in folder.iterdir()
+    )
 
 
 def _holds_images_and_masks(folder: Path) -> bool:
@@ -115,6 +117,8 @@ def _holds_images_and_masks(folder: Path) -> bool:
     images: dict[str, list[Path]] = {}
     for path in folder.iterdir():
         suffix = path.suffix.lower()
+        if path.name.startswith("."):  # macOS AppleDouble "._0001.jpg" and other hidden files
+            continue
         if suffix in MASK_EXTENSIONS:
             masks[path.stem] = path
         elif suffix in _SIDE_BY_SIDE_IMAGE_EXTENSIONS:
