@@ -333,7 +333,7 @@ def check_datamodule(
     for eval_stage in eval_stages:
         # a val / test set that is not on disk is skipped (a warning) unless missing_saliency_sets is "error"
         sets += list(datamodule.saliency_eval_sets(eval_stage).items())
-        if hp.get("missing_saliency_sets", "skip") == "skip":
+        if hp.missing_saliency_sets == "skip":
             for name, why in datamodule.missing_saliency_sets(eval_stage).items():
                 report.add(Problem("saliency set not on disk (skipped)", name, why, warning=True))
     _saliency_sets(datamodule, report, dict.fromkeys(sets), full, progress)

@@ -180,7 +180,7 @@ class WSSSDataModule(L.LightningDataModule):
         self.label_set: LabelSet | None = None
         self._entries: dict[str, list[ListEntry]] = {}
         self._train_labels: ImageLabels | None = None
-        self._missing_saliency: dict[tuple[str, str], str] = {}  # (val | test, name) -> why, of the sets warned about
+        self._missing_saliency: dict[str, dict[str, str]] = {}  # val | test -> {name: why} of the sets not on disk
 
     # ------------------------------------------------------------------------------------------ paths
 
@@ -483,37 +483,41 @@ class WSSSDataModule(L.LightningDataModule):
         sal_loader = self._train_loader(saliency, sal_batch)
         return CombinedLoader({"seg": seg_loader, "sal": sal_loader}, mode="max_size_cycle")
 
+    def _configured_saliency_sets(self, stage: str) -> tuple[str, dict[str, str]]:
+        """``("test", saliency_test_sets)`` for ``test``, else ``("val", saliency_val_sets)``."""
+        hp = self.hparams
+        if stage == "test":
+            return "test", dict(hp.saliency_test_sets or {})
+        return "val", dict(hp.saliency_val_sets or {})
+
     def saliency_eval_sets(self, stage: str) -> dict[str, str]:
         """The ``{name: root}`` saliency sets scored at ``stage`` (``validate``/``fit``: the val sets, ``test``)
         that are on disk; with ``missing_saliency_sets: error`` every configured set."""
-        hp = self.hparams
-        sets = dict((hp.saliency_test_sets if stage == "test" else hp.saliency_val_sets) or {})
-        if hp.get("missing_saliency_sets", "skip") == "error":
+        _, sets = self._configured_saliency_sets(stage)
+        if self.hparams.missing_saliency_sets == "error":
             return sets
         missing = self.missing_saliency_sets(stage)
         return {name: root for name, root in sets.items() if name not in missing}
 
     def missing_saliency_sets(self, stage: str) -> dict[str, str]:
         """``{name: why}`` of the val / test saliency sets of ``stage`` that are not on disk (see
-        ``missing_saliency_sets``); each is warned about once per process."""
-        hp = self.hparams
-        sets = (hp.saliency_test_sets if stage == "test" else hp.saliency_val_sets) or {}
-        kind = "test" if stage == "test" else "val"
-        missing: dict[str, str] = {}
-        for name, root in sets.items():
-            try:
-                resolve_layout(self.path(root) or root, name)
-            except DatasetError as error:
-                missing[name] = str(error)
-                if (kind, name) not in self._missing_saliency:
-                    self._missing_saliency[(kind, name)] = str(error)
+        ``missing_saliency_sets``). Looked up once per process and kind, with one warning per set then."""
+        kind, sets = self._configured_saliency_sets(stage)
+        if kind not in self._missing_saliency:
+            missing: dict[str, str] = {}
+            for name, root in sets.items():
+                try:
+                    resolve_layout(self.path(root) or root, name)
+                except DatasetError as error:
+                    missing[name] = str(error)
                     rank_zero_warn(
                         f"saliency {kind} set {name} is not on disk and is skipped: its scores will be missing from "
                         f"the results ({error}). Put it at {os.path.normpath(self.path(root))}, point "
                         f"--data.saliency_{kind}_sets at it, or drop it from that setting "
                         "(--data.missing_saliency_sets error makes this an error)"
                     )
-        return missing
+            self._missing_saliency[kind] = missing
+        return self._missing_saliency[kind]
 
     def loader_names(self, stage: str) -> list[str]:
         """Names of the val/test loaders in order: ``seg/<split>`` then ``sal/<name>`` (the sets on disk)."""

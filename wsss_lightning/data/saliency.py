@@ -113,19 +113,15 @@ def _holds_images_and_masks(folder: Path) -> bool:
     to their masks, as SOD toolboxes pack ``ECSSD/Imgs``."""
     if not folder.is_dir():
         return False
-    masks: dict[str, Path] = {}
-    images: dict[str, list[Path]] = {}
+    masks: set[str] = set()
+    images: set[str] = set()
     for path in folder.iterdir():
         suffix = path.suffix.lower()
-        if path.name.startswith("."):  # macOS AppleDouble "._0001.jpg" and other hidden files
-            continue
-        if suffix in MASK_EXTENSIONS:
-            masks[path.stem] = path
-        elif suffix in _SIDE_BY_SIDE_IMAGE_EXTENSIONS:
-            images.setdefault(path.stem, []).append(path)
-    return any(
-        masks[stem].is_file() and any(image.is_file() for image in images[stem]) for stem in masks.keys() & images
-    )
+        if path.name.startswith(".") or suffix not in (*MASK_EXTENSIONS, *_SIDE_BY_SIDE_IMAGE_EXTENSIONS):
+            continue  # hidden files: macOS AppleDouble "._0001.jpg" and the like
+        if path.is_file():
+            (masks if suffix in MASK_EXTENSIONS else images).add(path.stem)
+    return bool(masks & images)
 
 
 def resolve_layout(
