@@ -16,19 +16,35 @@ from wsss_lightning.pseudo.health import DegenerateLabelsError, HealthCounts, He
 def test_label_statistics_counts_empty_missing_and_ignored_pixels() -> None:
     label = np.array([[0, 0, 3, 3], [0, 255, 3, 255]], dtype=np.uint8)
     stats = label_statistics(label, classes=[3, 7])
-    assert stats == {"pixels": 8, "ignored_pixels": 2, "empty": 0, "classes": 2, "missing_classes": 1}
+    assert stats == {
+        "pixels": 8, "ignored_pixels": 2, "background_pixels": 3, "empty": 0, "full": 0, "classes": 2,
+        "missing_classes": 1,
+    }  # fmt: skip
     background = np.zeros((3, 3), np.uint8)
     assert label_statistics(background, classes=[1]) == {
-        "pixels": 9, "ignored_pixels": 0, "empty": 1, "classes": 1, "missing_classes": 1,
+        "pixels": 9, "ignored_pixels": 0, "background_pixels": 9, "empty": 1, "full": 0, "classes": 1,
+        "missing_classes": 1,
     }  # fmt: skip
     only_ignored = np.full((2, 2), 255, np.uint8)
     assert label_statistics(only_ignored, classes=[])["empty"] == 1  # 255 is not foreground
+    assert label_statistics(only_ignored, classes=[])["full"] == 0  # nothing labelled, so not full
+
+
+def test_a_label_is_full_below_one_percent_background_among_its_labelled_pixels() -> None:
+    label = np.full((10, 20), 4, np.uint8)  # 200 pixels
+    label[0, :10] = 255  # 10 ignored: 190 labelled
+    label[1, 0] = 0  # 1 background pixel: 1 / 190 < 1 %
+    assert label_statistics(label, classes=[4])["full"] == 1
+    label[1, :2] = 0  # 2 / 190 >= 1 %
+    assert label_statistics(label, classes=[4])["full"] == 0
 
 
 def test_counts_summary_and_round_trip_through_a_reduction_vector() -> None:
     counts = HealthCounts()
-    counts.add_label({"pixels": 10, "ignored_pixels": 2, "empty": 1, "classes": 1, "missing_classes": 1})
-    counts.add_label({"pixels": 30, "ignored_pixels": 0, "empty": 0, "classes": 2, "missing_classes": 0})
+    counts.add_label({"pixels": 10, "ignored_pixels": 2, "empty": 1, "classes": 1, "missing_classes": 1,
+                      "background_pixels": 8, "full": 0})  # fmt: skip
+    counts.add_label({"pixels": 30, "ignored_pixels": 0, "empty": 0, "classes": 2, "missing_classes": 0,
+                      "background_pixels": 0, "full": 1})  # fmt: skip
     counts.add_cam([0.99999, 0.0, 0.7])  # the second class never fired
     counts.add_affinity(row_peak=2.0, row_spread=0.4, background_mass=0.1)
     counts.add_affinity(row_peak=4.0, row_spread=0.2, background_mass=None)
@@ -38,6 +54,8 @@ def test_counts_summary_and_round_trip_through_a_reduction_vector() -> None:
             "empty_label_fraction": 0.5,
             "missing_class_fraction": 1 / 3,
             "label_ignored_fraction": 2 / 40,
+            "label_background_fraction": 8 / 38,
+            "full_label_fraction": 0.5,
             "cam_empty_fraction": 1 / 3,
             "affinity_row_peak": 3.0,
             "affinity_row_spread": 0.3,
@@ -61,6 +79,21 @@ def test_policy_stops_a_set_without_foreground_with_cause_and_fix() -> None:
         "or load pretrained weights" in message
     )
     assert "health.action: warn" in message
+
+
+def test_manifest_statistics_from_before_the_background_figures_still_add_up() -> None:
+    counts = HealthCounts()
+    counts.add_label({"pixels": 10, "ignored_pixels": 0, "empty": 0, "classes": 1, "missing_classes": 0})
+    assert counts.background_pixels == 0 and counts.full_images == 0 and counts.summary()["full_label_fraction"] == 0
+
+
+def test_policy_stops_a_set_of_labels_without_background_and_names_inverted_saliency() -> None:
+    with pytest.raises(DegenerateLabelsError) as info:
+        HealthPolicy().check({"full_label_fraction": 0.8, "empty_label_fraction": 0.0}, "the stage-0 label set")
+    message = str(info.value)
+    assert "80 % of the labels hold (almost) no background pixel" in message
+    assert "not inverted" in message and "wsss data check" in message
+    assert HealthPolicy().check({"full_label_fraction": 0.5}, "a set") == []  # at the limit: not degenerate
 
 
 def test_policy_warns_or_stays_quiet_on_request(caplog: pytest.LogCaptureFixture) -> None:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from wsss_lightning.data.dataset import find_image
 from wsss_lightning.data.io import DatasetError, image_size, read_image, read_label, read_saliency
 from wsss_lightning.data.labels import labels_from_mask
+from wsss_lightning.data.saliency_sanity import diagnose_saliency_maps
 from wsss_lightning.data.splits import ListEntry
 
 if TYPE_CHECKING:
@@ -217,6 +218,13 @@ def _run_split(job: _SplitJob, report: CheckReport, full: bool, progress: bool) 
                 report.add(problem)
 
 
+def _saliency_maps_sanity(report: CheckReport, folder: Path, paths: list[Path], what: str) -> None:
+    """Report a set of readable maps that still carries no saliency (0/1, constant or inverted maps)."""
+    fault = diagnose_saliency_maps(paths)
+    if fault is not None:
+        report.add(Problem("saliency maps carry no saliency", str(folder), f"{what}: {fault}"))
+
+
 def _saliency_sets(
     datamodule: WSSSDataModule, report: CheckReport, sets: Iterable[tuple[str, str]], full: bool, progress: bool
 ) -> None:
@@ -227,6 +235,8 @@ def _saliency_sets(
             report.add(Problem("saliency dataset layout", str(root), str(error)))
             continue
         report.checked[f"{dataset.name} pairs"] += len(dataset)
+        masks = [mask_path for _stem, _image, mask_path in dataset.pairs]
+        _saliency_maps_sanity(report, dataset.mask_dir, masks, f"the {dataset.name} masks")
         for stem in dataset.images_without_mask[:50]:
             report.add(
                 Problem("image without mask", str(dataset.image_dir / stem), "has no mask; skipped", warning=True)
@@ -326,6 +336,9 @@ def check_datamodule(
             report.add(Problem("missing folder", str(job.image_dir), "image folder does not exist; check --data.root"))
             continue
         _run_split(job, report, full, progress)
+        if job.sal_dir is not None:
+            maps = [job.sal_dir / f"{entry.id}.png" for entry in job.entries]  # missing ones: reported above
+            _saliency_maps_sanity(report, job.sal_dir, maps, "the off-the-shelf maps")
     sets: list[tuple[str, str]] = []
     if "fit" in stages and hp.saliency_train_root:
         sets.append((hp.saliency_train_name, hp.saliency_train_root))

@@ -8,7 +8,10 @@ Label figures (from the label maps written, one count per image; pure numpy, com
 
 * ``empty_label_fraction``: images whose label holds no foreground pixel (1..C-1);
 * ``missing_class_fraction``: (image, image-level class) pairs with no pixel of that class;
-* ``ignored_fraction``: pixels labelled 255 (uncertain).
+* ``ignored_fraction``: pixels labelled 255 (uncertain);
+* ``background_fraction``: labelled (not 255) pixels that are background;
+* ``full_label_fraction``: images whose labelled pixels are almost all foreground (under 1 % background): the
+  saliency maps are bright everywhere (inverted, or a threshold below their background level).
 
 CAM figures (from the model, per (image, present class) pair):
 
@@ -47,6 +50,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
+#: a label whose labelled pixels are less than this fraction background counts as "full" (no background)
+FULL_LABEL_BACKGROUND = 0.01
 
 #: summary key -> logged metric name
 HEALTH_LOG_KEYS: dict[str, str] = {
@@ -54,6 +59,8 @@ HEALTH_LOG_KEYS: dict[str, str] = {
     "missing_class_fraction": "pseudo/missing_class_fraction",
     "cam_empty_fraction": "pseudo/cam_empty_fraction",
     "label_ignored_fraction": "pseudo/label_ignored_fraction",
+    "label_background_fraction": "pseudo/label_background_fraction",
+    "full_label_fraction": "pseudo/full_label_fraction",
     "affinity_row_peak": "pseudo/affinity_row_peak",
     "affinity_background_mass": "pseudo/affinity_background_mass",
     "affinity_row_spread": "pseudo/affinity_row_spread",
@@ -72,17 +79,24 @@ def label_statistics(label: np.ndarray, classes: Iterable[int], ignore_index: in
         classes: the image-level classes (indices 1..C-1) the label should contain.
 
     Returns:
-        ``pixels``, ``ignored_pixels``, ``empty`` (1 when no foreground pixel), ``classes`` (number of image
-        classes) and ``missing_classes`` (image classes with no pixel).
+        ``pixels``, ``ignored_pixels``, ``background_pixels``, ``empty`` (1 when no foreground pixel), ``full``
+        (1 when some pixels are labelled and under :data:`FULL_LABEL_BACKGROUND` of them are background),
+        ``classes`` (number of image classes) and ``missing_classes`` (image classes with no pixel).
     """
     label = np.asarray(label)
-    present = np.bincount(label.ravel(), minlength=256) > 0
+    counts = np.bincount(label.ravel(), minlength=256)
+    present = counts > 0
     wanted = sorted({int(c) for c in classes})
     foreground = present[1:ignore_index].any() if ignore_index > 1 else False
+    ignored = int(counts[ignore_index])
+    labelled = int(label.size) - ignored
+    background = int(counts[0])
     return {
         "pixels": int(label.size),
-        "ignored_pixels": int((label == ignore_index).sum()),
+        "ignored_pixels": ignored,
+        "background_pixels": background,
         "empty": int(not foreground),
+        "full": int(labelled > 0 and background < FULL_LABEL_BACKGROUND * labelled),
         "classes": len(wanted),
         "missing_classes": sum(1 for c in wanted if not present[c]),
     }
@@ -101,6 +115,8 @@ class HealthCounts:
     missing_classes: int = 0
     pixels: int = 0
     ignored_pixels: int = 0
+    background_pixels: int = 0
+    full_images: int = 0
     cam_classes: int = 0
     cam_empty: int = 0
     affinity_images: int = 0
@@ -117,6 +133,9 @@ class HealthCounts:
         self.missing_classes += int(stats["missing_classes"])
         self.pixels += int(stats["pixels"])
         self.ignored_pixels += int(stats["ignored_pixels"])
+        # absent from the manifests of runs before these figures: they count as unknown (0)
+        self.background_pixels += int(stats.get("background_pixels", 0))
+        self.full_images += int(stats.get("full", 0))
 
     def add_cam(self, peaks: Sequence[float], threshold: float = 0.5) -> None:
         """Add the peaks of the max-normalised CAMs of one image's present classes.
@@ -164,6 +183,9 @@ class HealthCounts:
             out["missing_class_fraction"] = self.missing_classes / self.image_classes
         if self.pixels:
             out["label_ignored_fraction"] = self.ignored_pixels / self.pixels
+            if self.pixels > self.ignored_pixels:
+                out["label_background_fraction"] = self.background_pixels / (self.pixels - self.ignored_pixels)
+            out["full_label_fraction"] = self.full_images / self.images
         if self.cam_classes:
             out["cam_empty_fraction"] = self.cam_empty / self.cam_classes
         if self.affinity_images:
@@ -194,6 +216,8 @@ class HealthPolicy:
         max_cam_empty_fraction: more (image, class) pairs than this with an all-zero CAM is degenerate (0.5).
         max_missing_class_fraction: more image classes than this without a single pixel is degenerate (0.9).
         max_ignored_fraction: more pixels than this marked uncertain (255) is degenerate (0.9).
+        max_full_label_fraction: more images than this whose labels hold (almost) no background is degenerate
+            (0.5; VOC's ground truth is about 70 % background).
         min_affinity_row_spread: a propagating affinity whose rows differ less than this (total variation from
             the mean row) has not learned: propagation would blur every CAM to the image mean (0.05).
     """
@@ -203,6 +227,7 @@ class HealthPolicy:
     max_cam_empty_fraction: float = 0.5
     max_missing_class_fraction: float = 0.9
     max_ignored_fraction: float = 0.9
+    max_full_label_fraction: float = 0.5
     min_affinity_row_spread: float = 0.05
 
     def problems(self, summary: Mapping[str, float]) -> list[str]:
@@ -227,6 +252,13 @@ class HealthPolicy:
         if ignored is not None and ignored > self.max_ignored_fraction:
             found.append(
                 f"{100 * ignored:.0f} % of the pixels are ignored (255): the network would learn from almost nothing"
+            )
+        full = summary.get("full_label_fraction")
+        if full is not None and full > self.max_full_label_fraction:
+            found.append(
+                f"{100 * full:.0f} % of the labels hold (almost) no background pixel: the saliency maps are bright "
+                "almost everywhere. Check that they are not inverted (objects must be white on black) and that the "
+                "saliency threshold lies above their background level (`wsss data check` samples the maps)"
             )
         spread = summary.get("affinity_row_spread")
         if spread is not None and spread < self.min_affinity_row_spread:
