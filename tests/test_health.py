@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from wsss_lightning.models.affinity import AffinityContext, _DenseRows, _EmbeddedRows
-from wsss_lightning.pseudo.health import DegenerateLabelsError, HealthCounts, HealthPolicy, label_statistics
+from wsss_lightning.pseudo.health import (
+    DegenerateLabelsError,
+    HealthCounts,
+    HealthPolicy,
+    label_statistics,
+    label_trajectory,
+)
 
 
 def test_label_statistics_counts_empty_missing_and_ignored_pixels() -> None:
@@ -159,3 +165,51 @@ def test_chunked_row_statistics_equal_the_dense_ones() -> None:
     got = lazy.row_statistics(fg)
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], equal_nan=True)
+
+
+def _record(stage: int, miou: float | None) -> dict:
+    return {"stage": stage, "kind": "seg"} | ({} if miou is None else {"pseudo_mIoU": miou})
+
+
+def test_trajectory_line_by_hand() -> None:
+    records = [_record(0, 0.493), _record(1, 0.528), _record(2, None), _record(3, 0.551)]
+    assert label_trajectory(records) == "pseudo-label mIoU by set (stage 0 -> 3): 49.3 -> 52.8 -> 55.1, +5.8"
+    assert label_trajectory(records[:1]) == "pseudo-label mIoU by set (stage 0 -> 0): 49.3"
+    assert label_trajectory([_record(0, None)]) is None
+
+
+def test_trend_warns_on_a_drop_beyond_two_points_only(caplog: pytest.LogCaptureFixture) -> None:
+    policy = HealthPolicy()
+    with caplog.at_level(logging.WARNING):
+        # the propagated-label update of docs/results.md: 52.5 -> 49.7
+        warning = policy.trend([_record(0, 0.493), _record(1, 0.525), _record(2, 0.497)], "the stage-2 set")
+    assert warning is not None and warning in caplog.text
+    assert "mIoU 52.5 (stage 1) -> 49.7 (stage 2), 2.8 points down" in warning
+    assert "49.3 -> 52.5 -> 49.7" in warning
+    # a dip of 0.5 (seed 2 of the demo: 54.2 -> 53.7), an unscored set in between, one set, or action off: silent
+    assert policy.trend([_record(0, 0.542), _record(1, 0.537)], "x") is None
+    assert policy.trend([_record(0, 0.60), _record(1, None)], "x") is None
+    assert policy.trend([_record(0, 0.60)], "x") is None
+    assert HealthPolicy(action="off").trend([_record(0, 0.6), _record(1, 0.3)], "x") is None
+    assert policy.trend([_record(0, 0.60), _record(1, None), _record(2, 0.50)], "x") is not None  # scored sets only
+
+
+def test_the_stage_callback_ends_with_the_trajectory_and_shouts_when_labels_did_not_improve(
+    capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    from types import SimpleNamespace
+
+    from wsss_lightning.callbacks import PseudoLabelRefresh
+
+    callback = PseudoLabelRefresh(warmup_epochs=1, num_stages=2, epochs_per_stage=1)
+    trainer = SimpleNamespace(is_global_zero=True)
+    callback.history = [_record(0, 0.40), _record(1, 0.45), _record(2, 0.47)]
+    callback.on_fit_end(trainer, None)
+    assert "pseudo-label mIoU by set (stage 0 -> 2): 40.0 -> 45.0 -> 47.0, +7.0" in capsys.readouterr().out
+    callback.history = [_record(0, 0.40), _record(1, 0.38), _record(2, 0.40)]
+    with caplog.at_level(logging.WARNING):
+        callback.on_fit_end(trainer, None)
+    assert "THE PSEUDO-LABELS DID NOT IMPROVE OVER THE STAGES (pseudo-label mIoU by set" in caplog.text
+    callback.history = [_record(0, None)]  # no ground truth: nothing to say
+    callback.on_fit_end(trainer, None)
+    assert capsys.readouterr().out == ""

@@ -35,7 +35,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from wsss_lightning.label_runner import LabelRunOptions, label_config, run_label_set
 from wsss_lightning.modules.base import WSSSModule
-from wsss_lightning.pseudo.health import HealthPolicy
+from wsss_lightning.pseudo.health import HealthPolicy, label_trajectory
 from wsss_lightning.pseudo.label_set import LabelSet
 
 log = logging.getLogger(__name__)
@@ -195,6 +195,22 @@ class PseudoLabelRefresh(Callback):
             trainer.reload_dataloaders_every_n_epochs = 1
             trainer.fit_loop._last_train_dl_reload_epoch = trainer.current_epoch - 1
 
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """End the run with the labels' trajectory over the stages; loud when they did not improve."""
+        line = label_trajectory(self.history)
+        if line is None or not trainer.is_global_zero:
+            return
+        scored = [r["pseudo_mIoU"] for r in self.history if "pseudo_mIoU" in r]
+        if len(scored) > 1 and scored[-1] <= scored[0]:
+            log.warning(
+                "THE PSEUDO-LABELS DID NOT IMPROVE OVER THE STAGES (%s): the stages trained on labels no better than "
+                "the initial ones. Check the label sets' images and health figures (pseudo/*), and the recipe "
+                "(learning rate, epochs per stage, saliency maps)",
+                line,
+            )
+        else:
+            print(line)
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A reload requested at a stage boundary has happened by now (setup_data runs before this hook).
         trainer.reload_dataloaders_every_n_epochs = 0
@@ -266,7 +282,10 @@ class PseudoLabelRefresh(Callback):
         self.label_sets[stage] = str(label_set.root)
         self.pending = None
         # After the set is written, scored and logged (so it can be inspected): stop on a degenerate set.
-        self.health.check(record, f"the stage-{stage} label set ({kind}, {label_set.root})")
+        where = f"the stage-{stage} label set ({kind}, {label_set.root})"
+        self.health.check(record, where)
+        if trainer.is_global_zero:
+            self.health.trend(self.history, where)
 
     def _save_refresh_checkpoint(self, trainer: L.Trainer) -> None:
         callback = trainer.checkpoint_callback

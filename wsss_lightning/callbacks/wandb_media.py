@@ -78,8 +78,8 @@ QUALITY_COLUMNS = (
 )  # fmt: skip
 #: health figures drawn in ``pseudo_health/chart`` (fractions in [0, 1], against the stage)
 HEALTH_CHART_KEYS = (
-    "empty_label_fraction", "missing_class_fraction", "cam_empty_fraction", "label_ignored_fraction",
-    "affinity_background_mass", "affinity_row_spread",
+    "empty_label_fraction", "full_label_fraction", "missing_class_fraction", "cam_empty_fraction",
+    "label_ignored_fraction", "affinity_background_mass", "affinity_row_spread",
 )  # fmt: skip
 
 
