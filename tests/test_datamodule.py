@@ -240,6 +240,7 @@ def test_an_absent_saliency_map_folder_is_one_error_naming_the_setting(tiny_demo
     report = check_datamodule(_dm(tiny_demo, saliency_dir="no_such_maps"), stage="fit")
     (error,) = report.errors
     assert error.path.endswith("no_such_maps") and "--data.saliency_dir" in error.message
+    assert "make them from DUTS-TR" in error.message and "No saliency maps for your images" in error.message
 
 
 def test_saliency_train_root_gives_combined_batches(tiny_demo: Path) -> None:

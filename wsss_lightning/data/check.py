@@ -305,7 +305,9 @@ def check_datamodule(
                 if sal_dir is not None and not sal_dir.is_dir():  # one line, not one per id
                     message = (
                         "the off-the-shelf saliency maps folder does not exist; put the maps (<id>.png, grey "
-                        "0-255) there, or point --data.saliency_dir at them"
+                        "0-255) there, or point --data.saliency_dir at them. Without maps, make them from DUTS-TR: "
+                        "SSNet's stage 1 learns saliency from its masks and `wsss predict` writes the maps (README, "
+                        "'No saliency maps for your images')"
                     )
                     report.add(Problem("missing folder", str(sal_dir), message))
                     sal_dir = None
