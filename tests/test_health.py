@@ -210,6 +210,18 @@ def test_the_stage_callback_ends_with_the_trajectory_and_shouts_when_labels_did_
     with caplog.at_level(logging.WARNING):
         callback.on_fit_end(trainer, None)
     assert "THE PSEUDO-LABELS DID NOT IMPROVE OVER THE STAGES (pseudo-label mIoU by set" in caplog.text
+    caplog.clear()
+    # improved overall, but slid from its peak by more than max_label_drop (1 point per set: no single warning)
+    callback.history = [_record(0, 0.40), _record(1, 0.50), _record(2, 0.49), _record(3, 0.48), _record(4, 0.47)]
+    with caplog.at_level(logging.WARNING):
+        callback.on_fit_end(trainer, None)
+    assert "+7.0" in capsys.readouterr().out
+    assert "the pseudo-labels peaked at stage 1 (mIoU 50.0) and ended 3.0 points lower" in caplog.text
+    caplog.clear()
+    callback.history = [_record(0, 0.40), _record(1, 0.50), _record(2, 0.49)]  # 1 point off the peak: quiet
+    with caplog.at_level(logging.WARNING):
+        callback.on_fit_end(trainer, None)
+    assert caplog.text == "" and "+9.0" in capsys.readouterr().out
     callback.history = [_record(0, None)]  # no ground truth: nothing to say
     callback.on_fit_end(trainer, None)
     assert capsys.readouterr().out == ""

@@ -210,6 +210,17 @@ class PseudoLabelRefresh(Callback):
             )
         else:
             print(line)
+            best = max(range(len(scored)), key=scored.__getitem__)
+            if scored[best] - scored[-1] > self.health.max_label_drop:  # a slow slide no single update flagged
+                stage = [r["stage"] for r in self.history if "pseudo_mIoU" in r][best]
+                log.warning(
+                    "the pseudo-labels peaked at stage %s (mIoU %.1f) and ended %.1f points lower: the last stages "
+                    "trained on worse labels than that set. Fewer stages (--stages.init_args.num_stages) or the "
+                    "peak set's labels may serve better",
+                    stage,
+                    100 * scored[best],
+                    100 * (scored[best] - scored[-1]),
+                )
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A reload requested at a stage boundary has happened by now (setup_data runs before this hook).
