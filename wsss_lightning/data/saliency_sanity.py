@@ -54,7 +54,7 @@ def map_statistics(saliency: np.ndarray) -> MapStatistics:
     band = max(1, min(height, width) // 10)
     frame = np.ones((height, width), dtype=bool)
     frame[band : height - band, band : width - band] = False
-    centre = values[height // 4 : height - height // 4 or height, width // 4 : width - width // 4 or width]
+    centre = values[height // 4 : height - height // 4, width // 4 : width - width // 4]  # never empty
     return MapStatistics(
         maximum=int(saliency.max(initial=0)),
         single_level=bool(saliency.min(initial=255) == saliency.max(initial=0)),
