@@ -87,10 +87,22 @@ def test_policy_stops_a_set_without_foreground_with_cause_and_fix() -> None:
     assert "health.action: warn" in message
 
 
-def test_manifest_statistics_from_before_the_background_figures_still_add_up() -> None:
+def test_manifest_statistics_from_before_the_background_figures_count_as_unknown_not_as_zero() -> None:
     counts = HealthCounts()
     counts.add_label({"pixels": 10, "ignored_pixels": 0, "empty": 0, "classes": 1, "missing_classes": 0})
-    assert counts.background_pixels == 0 and counts.full_images == 0 and counts.summary()["full_label_fraction"] == 0
+    summary = counts.summary()
+    assert summary["empty_label_fraction"] == 0
+    assert "label_background_fraction" not in summary and "full_label_fraction" not in summary
+    # a set resumed across the upgrade: the figures cover the images that carry them (6 of 8 labelled pixels are
+    # background in the new image, which is not full), never the old image's 10 pixels as "not background"
+    counts.add_label(
+        {"pixels": 10, "ignored_pixels": 2, "background_pixels": 6, "empty": 0, "full": 0, "classes": 1,
+         "missing_classes": 0}
+    )  # fmt: skip
+    summary = counts.summary()
+    assert summary["label_background_fraction"] == 6 / 8 and summary["full_label_fraction"] == 0
+    merged = HealthCounts.from_list(counts.merge(counts).to_list())  # the all-reduce across ranks keeps them
+    assert merged.summary()["label_background_fraction"] == 6 / 8 and merged.background_known_images == 2
 
 
 def test_policy_stops_a_set_of_labels_without_background_and_names_inverted_saliency() -> None:
@@ -222,6 +234,11 @@ def test_the_stage_callback_ends_with_the_trajectory_and_shouts_when_labels_did_
     with caplog.at_level(logging.WARNING):
         callback.on_fit_end(trainer, None)
     assert caplog.text == "" and "+9.0" in capsys.readouterr().out
+    quiet = PseudoLabelRefresh(warmup_epochs=1, num_stages=2, epochs_per_stage=1, health=HealthPolicy(action="off"))
+    quiet.history = [_record(0, 0.40), _record(1, 0.38), _record(2, 0.40)]
+    with caplog.at_level(logging.WARNING):
+        quiet.on_fit_end(trainer, None)  # `off` reports the trajectory, warns of nothing
+    assert caplog.text == "" and "40.0 -> 38.0 -> 40.0, +0.0" in capsys.readouterr().out
     callback.history = [_record(0, None)]  # no ground truth: nothing to say
     callback.on_fit_end(trainer, None)
     assert capsys.readouterr().out == ""

@@ -200,27 +200,8 @@ class PseudoLabelRefresh(Callback):
         line = label_trajectory(self.history)
         if line is None or not trainer.is_global_zero:
             return
-        scored = [r for r in self.history if "pseudo_mIoU" in r]
-        first, last = scored[0]["pseudo_mIoU"], scored[-1]["pseudo_mIoU"]
-        if len(scored) > 1 and last <= first:
-            log.warning(
-                "THE PSEUDO-LABELS DID NOT IMPROVE OVER THE STAGES (%s): the stages trained on labels no better than "
-                "the initial ones. Check the label sets' images and health figures (pseudo/*), and the recipe "
-                "(learning rate, epochs per stage, saliency maps)",
-                line,
-            )
-            return
         print(line)
-        peak = max(scored, key=lambda r: r["pseudo_mIoU"])
-        if peak["pseudo_mIoU"] - last > self.health.max_label_drop:  # a slow slide no single update flagged
-            log.warning(
-                "the pseudo-labels peaked at stage %s (mIoU %.1f) and ended %.1f points lower: the last stages "
-                "trained on worse labels than that set. Fewer stages (--stages.init_args.num_stages) or the "
-                "peak set's labels may serve better",
-                peak["stage"],
-                100 * peak["pseudo_mIoU"],
-                100 * (peak["pseudo_mIoU"] - last),
-            )
+        self.health.verdict(self.history)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A reload requested at a stage boundary has happened by now (setup_data runs before this hook).

@@ -184,6 +184,13 @@ def _block_step(num_positions: int, chunk_size: int) -> int:
     return max(1, min(chunk_size, MAX_BLOCK_ELEMENTS // num_positions))
 
 
+def _block_ranges(num_positions: int, step: int) -> list[tuple[int, int]]:
+    """The ``(start, stop)`` query-row ranges of one walk over a source, ``step`` rows each (the last shorter).
+
+    Every walk uses these ranges, so a cached block (:class:`_CachedRows`) is found again by the same key."""
+    return [(start, min(start + step, num_positions)) for start in range(0, num_positions, step)]
+
+
 def _apply_rows(source: _RowSource, values: Tensor, chunk_size: int) -> Tensor:
     """``out(:, i) = Σ_j A(i, j) · values(:, j)``: values ``(B, K, N)`` → ``(B, K, N)``, float32.
 
@@ -195,8 +202,10 @@ def _apply_rows(source: _RowSource, values: Tensor, chunk_size: int) -> Tensor:
         if isinstance(source, _DenseRows):
             return torch.bmm(values, source.matrix.transpose(1, 2))
         n = source.num_positions
-        step = _block_step(n, chunk_size)
-        blocks = [torch.bmm(values, source.rows(s, min(s + step, n)).transpose(1, 2)) for s in range(0, n, step)]
+        blocks = [
+            torch.bmm(values, source.rows(start, stop).transpose(1, 2))
+            for start, stop in _block_ranges(n, _block_step(n, chunk_size))
+        ]
         return torch.cat(blocks, dim=-1)
 
 
@@ -219,12 +228,10 @@ def _cross_task_pass(fused: _CachedRows, g_seg: Tensor, g_sal: Tensor, chunk_siz
     source = fused.source
     assert isinstance(source, _CrossTaskRows)
     n = source.num_positions
-    step = _block_step(n, chunk_size)
     with _no_autocast(g_seg.device):
         g_seg, g_sal = g_seg.float(), g_sal.float()
         seg_blocks, sal_blocks = [], []
-        for start in range(0, n, step):
-            stop = min(start + step, n)
+        for start, stop in _block_ranges(n, _block_step(n, chunk_size)):
             if fused.has_room(g_seg.shape[0] * (stop - start) * n):
                 block, a_seg, a_sal = source.build(start, stop)
                 fused.offer(start, stop, block)
@@ -336,21 +343,21 @@ class AffinityContext:
             source: _RowSource = _DenseRows(torch.eye(n, device=self.device).expand(self.batch_size, n, n))
         else:
             source = self._pairwise
-        step = n if isinstance(source, _DenseRows) else _block_step(n, self.chunk_size)
+        ranges = _block_ranges(n, n if isinstance(source, _DenseRows) else _block_step(n, self.chunk_size))
         with _no_autocast(self.device):
             column_sum = torch.zeros(self.batch_size, n, device=self.device)
             peak = torch.zeros(self.batch_size, device=self.device)
             mass = torch.zeros(self.batch_size, device=self.device)
-            for start in range(0, n, step):
-                rows = source.rows(start, min(start + step, n)).float()
+            for start, stop in ranges:
+                rows = source.rows(start, stop).float()
                 column_sum += rows.sum(dim=1)
                 peak += rows.amax(dim=-1).sum(dim=1)
-                bg_rows = ~fg[:, start : start + rows.shape[1]]
+                bg_rows = ~fg[:, start:stop]
                 mass += (torch.bmm(rows, fg_float.unsqueeze(-1)).squeeze(-1) * bg_rows).sum(dim=1)
             mean_row = (column_sum / n).unsqueeze(1)
             spread = torch.zeros(self.batch_size, device=self.device)
-            for start in range(0, n, step):  # second pass: distances to the mean row (kept or rebuilt if lazy)
-                rows = source.rows(start, min(start + step, n)).float()
+            for start, stop in ranges:  # second pass: distances to the mean row (kept or rebuilt if lazy)
+                rows = source.rows(start, stop).float()
                 spread += 0.5 * (rows - mean_row).abs().sum(dim=-1).sum(dim=1)
         num_bg = (~fg).sum(dim=1)
         defined = (num_bg > 0) & fg.any(dim=1)

@@ -123,6 +123,9 @@ class HealthCounts:
     ignored_pixels: int = 0
     background_pixels: int = 0
     full_images: int = 0
+    # labelled pixels and images whose statistics carry the background figures (older manifests lack them)
+    background_known_pixels: int = 0
+    background_known_images: int = 0
     cam_classes: int = 0
     cam_empty: int = 0
     affinity_images: int = 0
@@ -139,9 +142,11 @@ class HealthCounts:
         self.missing_classes += int(stats["missing_classes"])
         self.pixels += int(stats["pixels"])
         self.ignored_pixels += int(stats["ignored_pixels"])
-        # absent from the manifests of runs before these figures: they count as unknown (0)
-        self.background_pixels += int(stats.get("background_pixels", 0))
-        self.full_images += int(stats.get("full", 0))
+        if "background_pixels" in stats:  # absent from the manifests of runs before these figures: unknown
+            self.background_pixels += int(stats["background_pixels"])
+            self.full_images += int(stats["full"])
+            self.background_known_pixels += int(stats["pixels"]) - int(stats["ignored_pixels"])
+            self.background_known_images += 1
 
     def add_cam(self, peaks: Sequence[float], threshold: float = 0.5) -> None:
         """Add the peaks of the max-normalised CAMs of one image's present classes.
@@ -189,9 +194,11 @@ class HealthCounts:
             out["missing_class_fraction"] = self.missing_classes / self.image_classes
         if self.pixels:
             out["label_ignored_fraction"] = self.ignored_pixels / self.pixels
-            if self.pixels > self.ignored_pixels:
-                out["label_background_fraction"] = self.background_pixels / (self.pixels - self.ignored_pixels)
-            out["full_label_fraction"] = self.full_images / self.images
+        # over the images whose statistics carry them (all of a set written by this version)
+        if self.background_known_pixels:
+            out["label_background_fraction"] = self.background_pixels / self.background_known_pixels
+        if self.background_known_images:
+            out["full_label_fraction"] = self.full_images / self.background_known_images
         if self.cam_classes:
             out["cam_empty_fraction"] = self.cam_empty / self.cam_classes
         if self.affinity_images:
@@ -217,7 +224,7 @@ class HealthPolicy:
 
     Args:
         action: ``error`` (default) stops the run with :class:`DegenerateLabelsError`; ``warn`` logs a warning and
-            goes on; ``off`` only reports the figures.
+            goes on; ``off`` only reports the figures (no warning, including the end-of-run verdict).
         max_empty_label_fraction: more images than this without any foreground pixel is degenerate (0.5).
         max_cam_empty_fraction: more (image, class) pairs than this with an all-zero CAM is degenerate (0.5).
         max_missing_class_fraction: more image classes than this without a single pixel is degenerate (0.9).
@@ -310,6 +317,37 @@ class HealthPolicy:
         )
         log.warning(message)
         return message
+
+    def verdict(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
+        """The end-of-run warnings on a fit's scored label sets (set records in order), each already logged.
+
+        Two cases: the last set is no better than the first (the stages did not improve the labels), or it ended
+        more than ``max_label_drop`` below the best set (a slow slide no single update flagged). Empty with fewer
+        than two scored sets or under ``action="off"``.
+        """
+        scored = [r for r in records if "pseudo_mIoU" in r]
+        if self.action == "off" or len(scored) < 2:
+            return []
+        line = label_trajectory(records)
+        first, last = float(scored[0]["pseudo_mIoU"]), float(scored[-1]["pseudo_mIoU"])
+        if last <= first:
+            message = (
+                f"THE PSEUDO-LABELS DID NOT IMPROVE OVER THE STAGES ({line}): the stages trained on labels no better "
+                "than the initial ones. Check the label sets' images and health figures (pseudo/*), and the recipe "
+                "(learning rate, epochs per stage, saliency maps)"
+            )
+        else:
+            peak = max(scored, key=lambda r: float(r["pseudo_mIoU"]))
+            drop = float(peak["pseudo_mIoU"]) - last
+            if drop <= self.max_label_drop:
+                return []
+            message = (
+                f"the pseudo-labels peaked at stage {peak['stage']} (mIoU {100 * float(peak['pseudo_mIoU']):.1f}) "
+                f"and ended {100 * drop:.1f} points lower: the last stages trained on worse labels than that set. "
+                "Fewer stages (--stages.init_args.num_stages) or the peak set's labels may serve better"
+            )
+        log.warning(message)
+        return [message]
 
 
 def label_trajectory(records: Sequence[Mapping[str, Any]]) -> str | None:
