@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 from wsss_lightning.cli import main
-from wsss_lightning.data.check import _truncated, check_datamodule
+from wsss_lightning.data.check import _check_entry, _SplitJob, _truncated, check_datamodule
 from wsss_lightning.data.datamodule import WSSSDataModule
+from wsss_lightning.data.splits import ListEntry
 from wsss_lightning.data.io import DatasetError, read_label, write_grey_png, write_palette_png
 
 VOC = Path("VOCdevkit/VOC2012")
@@ -239,3 +240,21 @@ def test_problem_and_report_formatting() -> None:
         "1 errors, 1 warnings",
     ]
     assert "1 problems:\n[error] /d/a.jpg" in report.error_message()
+
+
+def test_a_list_of_bare_coco_ids_is_told_the_released_file_names(tmp_path: Path) -> None:
+    images = tmp_path / "train2014"
+    images.mkdir()
+    Image.new("RGB", (8, 6)).save(images / "COCO_train2014_000000000009.jpg")
+    job = _SplitJob("train", [], images, None, False, None, (), None, 81)
+    problems, _ = _check_entry(job, ListEntry("9", tmp_path / "train.txt", 1), full=False)
+    (problem,) = problems
+    assert problem.kind == "missing image" and problem.path == str(images / "9.jpg")
+    assert "bare COCO id '9', the file is COCO_train2014_000000000009.jpg" in problem.message
+    assert "wsss data coco-masks --list" in problem.message
+    padded, _ = _check_entry(job, ListEntry("000000000009", tmp_path / "train.txt", 1), full=False)
+    assert "COCO_train2014_000000000009.jpg" in padded[0].message
+    # a numeric id with no released file of that number, and a VOC-style id: the plain message
+    (other,) = _check_entry(job, ListEntry("25", tmp_path / "train.txt", 2), full=False)[0]
+    (voc,) = _check_entry(job, ListEntry("2007_000032", tmp_path / "train.txt", 3), full=False)[0]
+    assert other.message == voc.message == "is missing"

@@ -222,6 +222,13 @@ def test_npy_labels_need_the_explicit_pickle_opt_in(tmp_path: Path) -> None:
     labels = ImageLabels("npy", 4, CLASSES, labels_file=path, allow_pickle=True)
     np.testing.assert_array_equal(labels.get("a"), [0, 1, 0])
     np.testing.assert_array_equal(labels.get("7"), [1, 0, 1])  # integer keys (COCO ids) become strings
+    # IRN's cls_labels.npy keys VOC ids by encode_int_filename: 2007_000032 -> 2007000032 (np.int64 from loadtxt)
+    irn = tmp_path / "irn_cls_labels.npy"
+    np.save(irn, {np.int64(2007000032): np.array([0, 0, 1], np.float32), 2011003276: np.ones(3)}, allow_pickle=True)
+    irn_labels = ImageLabels("npy", 4, CLASSES, labels_file=irn, allow_pickle=True)
+    np.testing.assert_array_equal(irn_labels.get("2007_000032"), [0, 0, 1])
+    assert irn_labels.has("2011_003276") and not irn_labels.has("2011003276")
+    assert irn_labels.unknown_ids(["2007_000032", "2011_003276"]) == []
     wrong = tmp_path / "wrong.npy"
     np.save(wrong, {"a": np.ones(5, np.float32)}, allow_pickle=True)
     with pytest.raises(DatasetError, match="has 5 entries, expected 3"):

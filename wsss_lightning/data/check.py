@@ -134,12 +134,33 @@ class _SplitJob:
     num_classes: int
 
 
+def _missing_image_reason(image_dir: Path, identifier: str) -> str:
+    """``is missing``, with the fix when the list names a bare COCO image id (``9`` or ``000000000009``) and the
+    folder holds the released file name (``COCO_train2014_000000000009.jpg``)."""
+    if identifier.isdigit():
+        released = f"COCO_{image_dir.name}_{int(identifier):012d}"
+        if find_image(image_dir, released) is not None:
+            return (
+                f"is missing: the list names the bare COCO id '{identifier}', the file is {released}.jpg; list the "
+                "full names (`wsss data coco-masks --list` writes such a list) and name the masks, saliency maps and "
+                "label keys the same way"
+            )
+    return "is missing"
+
+
 def _check_entry(job: _SplitJob, entry: ListEntry, full: bool) -> tuple[list[Problem], np.ndarray | None]:
     problems: list[Problem] = []
     where = entry.where()
     image_path = find_image(job.image_dir, entry.id)
     if image_path is None:
-        problems.append(Problem("missing image", str(job.image_dir / f"{entry.id}.jpg"), "is missing", where))
+        problems.append(
+            Problem(
+                "missing image",
+                str(job.image_dir / f"{entry.id}.jpg"),
+                _missing_image_reason(job.image_dir, entry.id),
+                where,
+            )
+        )
         return problems, None
     image_hw, _, problem = _size_or_problem(image_path, "unreadable image", where, full, read_image)
     if problem:

@@ -10,7 +10,7 @@ Sources (``label_source``):
   ``wsss data coco-masks`` writes). Plain data, no code.
 * ``txt``   — lines ``<id> <class index> <class index> ...``.
 * ``npy``   — PSA/AuxSegNet ``cls_labels.npy`` (a pickled dict id -> multi-hot float vector without
-  background). A pickle can run code, so it is read only with ``allow_pickle=True`` (opt-in).
+  background; IRN's integer keys, ``2007000032``, read as ``2007_000032``). A pickle can run code, so it is read only with ``allow_pickle=True`` (opt-in).
 
 All sources return a multi-hot ``float32`` vector of length ``C-1`` (index k is class k+1).
 """
@@ -117,8 +117,18 @@ def _load_npy(path: Path, num_foreground: int, allow_pickle: bool) -> dict[str, 
         vector = np.asarray(value, dtype=np.float32).reshape(-1)
         if vector.shape[0] != num_foreground:
             raise DatasetError(f"{path}: id {key} has {vector.shape[0]} entries, expected {num_foreground}")
-        result[str(key)] = (vector > 0.5).astype(np.float32)
+        result[_npy_key(key)] = (vector > 0.5).astype(np.float32)
     return result
+
+
+def _npy_key(key: object) -> str:
+    """The image id of a ``cls_labels.npy`` key: PSA's are the ids themselves (``'2007_000032'``); IRN's (and the
+    many methods built on it) are integers from its ``encode_int_filename`` (``2007000032``), decoded back the
+    way its ``decode_int_filename`` does, the year then the rest."""
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        digits = str(int(key))
+        return f"{digits[:4]}_{digits[4:]}" if len(digits) == 10 else digits
+    return str(key)
 
 
 class ImageLabels:
