@@ -76,6 +76,7 @@ def test_a_missing_list_file_is_a_dataset_error(tmp_path: Path) -> None:
         "ImageSets/Segmentation/train_aug_id.txt",
         "train_aug_id.txt",
         "ImageSets/Segmentation/aug.txt",  # mmsegmentation's name
+        "list/train_aug.txt",  # DeepLab's exper/voc12/list/, copied under the root
     ],
 )
 def test_train_aug_is_found_under_its_aliases(tmp_path: Path, relative: str) -> None:

@@ -31,7 +31,8 @@ SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
     "test": ("test", "test_id"),
 }
 
-SPLIT_FOLDERS = ("ImageSets/Segmentation", "ImageSets", ".", "lists", "splits")
+# DeepLab ships its lists in exper/voc12/list/ (train_aug.txt as path pairs); copied next to the images they stay there
+SPLIT_FOLDERS = ("ImageSets/Segmentation", "ImageSets", ".", "list", "lists", "splits")
 
 
 @dataclass(frozen=True)
