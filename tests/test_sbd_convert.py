@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from scipy.io import savemat
+from scipy.sparse import csc_matrix
 
 from wsss_lightning.cli import main as cli_main
 from wsss_lightning.data.io import DatasetError, read_label
@@ -35,8 +36,17 @@ def _voc_mask(seed: int) -> np.ndarray:
 
 
 def _write_mat(path: Path, segmentation: np.ndarray) -> None:
+    """The release's ``GTcls``: ``Segmentation`` (uint8), ``Boundaries`` (a 20×1 cell of sparse logical maps, one
+    per class) and ``CategoriesPresent``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    gtcls = {"Segmentation": segmentation, "CategoriesPresent": np.unique(segmentation[segmentation > 0])}
+    boundaries = np.empty((20, 1), dtype=object)
+    for k in range(20):
+        boundaries[k, 0] = csc_matrix(segmentation == k + 1)
+    gtcls = {
+        "Segmentation": segmentation,
+        "Boundaries": boundaries,
+        "CategoriesPresent": np.unique(segmentation[segmentation > 0]).astype(np.uint8).reshape(-1, 1),
+    }
     savemat(str(path), {"GTcls": gtcls})
 
 
@@ -151,6 +161,16 @@ def test_read_sbd_mask_rejects_what_is_not_a_class_mask(tmp_path: Path) -> None:
         read_sbd_mask(out_of_range)
     with pytest.raises(DatasetError, match="missing.mat does not exist; re-extract benchmark.tgz"):
         read_sbd_mask(tmp_path / "missing.mat")
+    # re-saved from MATLAB as double: whole numbers read as the class map, anything else is refused
+    doubled = tmp_path / "double.mat"
+    _write_mat(doubled, _sbd_mask(3).astype(np.float64))
+    read = read_sbd_mask(doubled)
+    assert read.dtype == np.uint8
+    np.testing.assert_array_equal(read, _sbd_mask(3))
+    fractional = tmp_path / "fraction.mat"
+    savemat(str(fractional), {"GTcls": {"Segmentation": np.full((H, W), 0.5)}})
+    with pytest.raises(DatasetError, match="GTcls.Segmentation is float64 of shape"):
+        read_sbd_mask(fractional)
 
 
 def test_a_mask_of_the_wrong_size_fails_before_anything_is_written(tmp_path: Path) -> None:
