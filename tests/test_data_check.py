@@ -17,8 +17,8 @@ from PIL import Image
 from wsss_lightning.cli import main
 from wsss_lightning.data.check import _check_entry, _SplitJob, _truncated, check_datamodule
 from wsss_lightning.data.datamodule import WSSSDataModule
-from wsss_lightning.data.splits import ListEntry
 from wsss_lightning.data.io import DatasetError, read_label, write_grey_png, write_palette_png
+from wsss_lightning.data.splits import ListEntry
 
 VOC = Path("VOCdevkit/VOC2012")
 

@@ -10,7 +10,8 @@ Sources (``label_source``):
   ``wsss data coco-masks`` writes). Plain data, no code.
 * ``txt``   — lines ``<id> <class index> <class index> ...``.
 * ``npy``   — PSA/AuxSegNet ``cls_labels.npy`` (a pickled dict id -> multi-hot float vector without
-  background; IRN's integer keys, ``2007000032``, read as ``2007_000032``). A pickle can run code, so it is read only with ``allow_pickle=True`` (opt-in).
+  background; IRN's integer keys, ``2007000032``, read as ``2007_000032``). A pickle can run code, so it is read
+  only with ``allow_pickle=True`` (opt-in).
 
 All sources return a multi-hot ``float32`` vector of length ``C-1`` (index k is class k+1).
 """

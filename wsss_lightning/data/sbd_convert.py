@@ -90,10 +90,14 @@ def read_sbd_mask(path: str | Path) -> np.ndarray:
         raise DatasetError(
             f"{path} has no GTcls.Segmentation (an inst/ file holds GTinst: pass the class masks, cls/); {_SBD_FIX}"
         ) from error
-    if segmentation.ndim == 2 and np.issubdtype(segmentation.dtype, np.floating):
-        # a mask re-saved from MATLAB as double (the release's are uint8): whole numbers are class indices
-        if np.isfinite(segmentation).all() and (segmentation == np.round(segmentation)).all():
-            segmentation = segmentation.astype(np.int64)
+    # a mask re-saved from MATLAB as double (the release's are uint8): whole numbers are class indices
+    whole_floats = (
+        segmentation.ndim == 2
+        and np.issubdtype(segmentation.dtype, np.floating)
+        and bool(np.isfinite(segmentation).all() and (segmentation == np.round(segmentation)).all())
+    )
+    if whole_floats:
+        segmentation = segmentation.astype(np.int64)
     if segmentation.ndim != 2 or not np.issubdtype(segmentation.dtype, np.integer):
         raise DatasetError(
             f"{path}: GTcls.Segmentation is {segmentation.dtype} of shape {segmentation.shape}, not a 2-D class map; "
