@@ -9,15 +9,18 @@ import numpy as np
 import pytest
 
 from wsss_lightning.data.baselines import (
+    compare_to_bar,
     compute_baselines,
     confusion_matrix,
     iou_scores,
+    label_free_bar,
     labels_saliency_prediction,
     main,
     oracle_prediction,
     saliency_max_f,
 )
-from wsss_lightning.data.io import write_grey_png, write_palette_png
+from wsss_lightning.data.io import DatasetError, write_grey_png, write_palette_png
+from wsss_lightning.data.palette import VOC_CLASSES
 
 # Image "a": classes aeroplane (1) and bird (3); the XML lists bird first, but the "first listed class" of the
 # image label (a multi-hot vector) is the lowest index, aeroplane. Pixel (1, 1) is the 255 band.
@@ -91,6 +94,36 @@ def test_compute_baselines_by_hand(root: Path) -> None:
     assert results["saliency_maxF"] == pytest.approx((13 / 15 + 1 / 2) / 2)
     # labels from the masks give the same classes here
     assert compute_baselines(root, label_source="masks")["labels_saliency"] == results["labels_saliency"]
+
+
+def test_the_bar_is_the_best_threshold_and_scores_nothing_else(root: Path) -> None:
+    bar = label_free_bar(root, "val", root / "saliency_map", root / "SegmentationClass", VOC_CLASSES)
+    # > 0.3 (76.5): a's (1, 3) (level 20) turns background; b as at 0.5. Rows gt0 [4,1,1,0], gt1 [1,2,0,0],
+    # gt2 [1,0,1,0], gt3 [0,2,0,0]: IoU 1/2, 1/3, 1/3, 0 = 7/24. > 0.06 (15.3): (1, 3) is aeroplane again, rows
+    # gt0 [4,1,1,0], gt1 [0,3,0,0], gt2 [1,0,1,0], gt3 [0,2,0,0]: IoU 4/7, 1/2, 1/3, 0 = 59/168, the best
+    assert bar["by_threshold"] == {
+        "0.5": pytest.approx(53 / 180), "0.3": pytest.approx(7 / 24), "0.06": pytest.approx(59 / 168)
+    }  # fmt: skip
+    assert bar["threshold"] == 0.06 and bar["mIoU"] == pytest.approx(59 / 168)
+    assert bar["num_images"] == 2 and bar["split"] == "val" and bar["all_background"] == pytest.approx(6 / 13 / 4)
+    lean = compute_baselines(root, "val", "saliency_map", bounds=False)
+    assert "oracle" not in lean and "saliency_maxF" not in lean
+    (root / "saliency_map/b.png").unlink()
+    with pytest.raises(DatasetError, match="1 of the 2 ids of split val have no saliency map"):
+        label_free_bar(root, "val", root / "saliency_map", root / "SegmentationClass", VOC_CLASSES)
+
+
+def test_compare_to_bar_sets_each_mode_against_it_and_shouts_when_none_clears_it() -> None:
+    bar = {"split": "val", "num_images": 2, "threshold": 0.06, "mIoU": 0.35}
+    line, warning = compare_to_bar({"ss": {"mIoU": 0.30}, "ms_crf": {"mIoU": 0.3625}}, bar)
+    assert "no-training bar on split 'val' (2 images)" in line and "saliency > 0.06" in line and "= 35.00 mIoU" in line
+    assert "ss 30.00 (-5.00)   ms_crf 36.25 (+1.25)" in line
+    assert warning is None
+    _, warning = compare_to_bar({"ss": {"mIoU": 0.30}, "ms": {"mIoU": 0.34}}, bar)
+    assert warning is not None and warning.startswith("NO TEST MODE BEATS THE NO-TRAINING BAR on split 'val'")
+    assert "the best, ms 34.00 mIoU, is 1.00 points below" in warning
+    _, tie = compare_to_bar({"ss": {"mIoU": 0.35}}, bar)
+    assert tie is not None  # level with the bar is not above it
 
 
 def test_cli_writes_json_and_reports_errors(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -50,14 +50,21 @@ def test_print_config_composes_and_overrides(demo, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_fit_test_predict_pseudolabel(demo, tmp_path):
+def test_fit_test_predict_pseudolabel(demo, tmp_path, capsys):
     config = _config(demo, tmp_path)
     assert main(["fit", "--config", str(config)]) == 0
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
     results = tmp_path / "results.json"
+    capsys.readouterr()
     assert main(["test", "--config", str(config), "--ckpt_path", "last", "--results_json", str(results)]) == 0
     report = json.loads(results.read_text())
+    # the no-training bar of the same split, from the configured saliency maps, set against each mode
+    bar = report["bar"]["val"]
+    assert bar["num_images"] == len(read_id_list(demo / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt"))
+    assert bar["mIoU"] == max(bar["by_threshold"].values()) and 0 < bar["mIoU"] < 1
+    printed = capsys.readouterr().out
+    assert f"no-training bar on split 'val' ({bar['num_images']} images)" in printed and "test: ss " in printed
     modes = report["segmentation"]["val"]
     assert set(modes) == {"ss", "ms"}
     assert modes["ms"]["mode"] == "multi-scale"

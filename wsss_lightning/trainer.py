@@ -1,6 +1,7 @@
 """``WSSSTrainer``: Lightning's Trainer with the options our subcommands add.
 
-* ``test(..., results_json=...)``: where the results JSON goes (default ``<log_dir>/test_results.json``);
+* ``test(..., results_json=..., bar=True)``: where the results JSON goes (default ``<log_dir>/test_results.json``),
+  and the no-training bar (image labels + saliency) of the tested split beside every mode;
 * ``predict(..., out_dir=...)``: write palette masks + grey saliency PNGs for the predicted images;
 * ``pseudolabel(...)``: (re)write a pseudo-label set for the training ids from a checkpoint, on every
   device, resumable — the ``wsss pseudolabel`` subcommand (LightningCLI turns Trainer methods into
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -18,12 +20,16 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from wsss_lightning.callbacks.prediction_writer import MaskWriter
-from wsss_lightning.data.io import atomic_write_text
+from wsss_lightning.data.baselines import compare_to_bar, label_free_bar
+from wsss_lightning.data.datamodule import WSSSDataModule
+from wsss_lightning.data.io import DatasetError, atomic_write_text
 from wsss_lightning.label_runner import LabelRunOptions, label_config, run_label_set
 from wsss_lightning.modules.base import WSSSModule
 from wsss_lightning.pseudo.health import HealthPolicy
 from wsss_lightning.pseudo.label_set import LabelSet
 from wsss_lightning.run_checkpoints import resolve
+
+log = logging.getLogger(__name__)
 
 OUTPUT_MARKER = ".wsss_output.json"
 
@@ -94,22 +100,55 @@ class WSSSTrainer(L.Trainer):
         return super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def test(self, model=None, dataloaders=None, ckpt_path=None, verbose: bool = False, datamodule=None,
-             weights_only: bool | None = None, results_json: str | None = None):  # fmt: skip
+             weights_only: bool | None = None, results_json: str | None = None, bar: bool = True):  # fmt: skip
         """Score the model: mIoU per inference mode on the test split, saliency metrics per saliency set.
 
         Args:
             verbose: also print Lightning's flat metric table (our labelled table is always printed).
             results_json: where to write the results (default ``<log_dir>/test_results.json``).
+            bar: also score the no-training bar (ground-truth image labels + the configured saliency maps,
+                ``data/baselines.py``) on the test split, set every mode against it and warn loudly when none
+                clears it; skipped with a note when the split has no saliency maps.
         """
         ckpt_path = self.resolve_ckpt_path(ckpt_path, model or self.lightning_module)
         output = super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
         module = self.lightning_module
         log_dir = self.log_dir  # a collective under DDP: every rank asks
+        if self.is_global_zero and isinstance(module, WSSSModule) and module.test_results and bar:
+            self._report_bar(module.test_results)
         if self.is_global_zero and isinstance(module, WSSSModule) and module.test_results:
             path = Path(results_json) if results_json else Path(log_dir or self.default_root_dir) / "test_results.json"
             atomic_write_text(path, json.dumps(module.test_results, indent=2, allow_nan=False))
             print(f"test results written to {path}")
         return output
+
+    def _report_bar(self, results: dict) -> None:
+        """Add the no-training bar of each tested split to ``results["bar"]``, print it against the modes, log it
+        (``test/bar/mIoU``) and warn loudly when no mode clears it (rank 0)."""
+        datamodule = self.datamodule
+        if not isinstance(datamodule, WSSSDataModule):
+            return
+        for split, per_mode in results.get("segmentation", {}).items():
+            saliency_dir = datamodule.hparams.saliency_dir
+            gt_dir = datamodule.val_gt_dir(split)
+            if saliency_dir is None or gt_dir is None:
+                print(f"no-training bar on split '{split}': not scored (no off-the-shelf saliency maps configured)")
+                continue
+            try:
+                bar = label_free_bar(
+                    datamodule.root, split, datamodule.path(saliency_dir), gt_dir, datamodule.class_names
+                )
+            except (DatasetError, ValueError) as error:
+                print(f"no-training bar on split '{split}': not scored ({error})")
+                continue
+            results.setdefault("bar", {})[split] = bar
+            line, warning = compare_to_bar(per_mode, bar)
+            print(line)
+            if warning is not None:
+                log.warning(warning)
+            for logger in self.loggers:
+                logger.log_metrics({"test/bar/mIoU": bar["mIoU"]}, step=self.global_step)
+                logger.save()
 
     def predict(self, model=None, dataloaders=None, datamodule=None, return_predictions=None, ckpt_path=None,
                 weights_only: bool | None = None, out_dir: str | None = None):  # fmt: skip

@@ -144,6 +144,7 @@ def compute_baselines(
     label_source: str = "auto",
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     class_names: Sequence[str] = VOC_CLASSES,
+    bounds: bool = True,
 ) -> dict[str, Any]:
     """Score the baselines of the module docstring on ``split`` of a VOC-layout ``root``.
 
@@ -152,6 +153,7 @@ def compute_baselines(
     (``Annotations/<id>.xml``), ``masks`` (classes of the GT) or ``auto`` (the XML when it exists).
     Returns ``{"split", "num_images", "thresholds", "all_background", "labels_saliency": {t: scores},
     "oracle": {t: scores}, "saliency_maxF", "class_names"}``; scores are ``{"mIoU", "IoU" (C,)}``.
+    ``bounds=False`` leaves out ``oracle`` and ``saliency_maxF`` (and keeps no map in memory): the bar alone.
     """
     root = Path(root)
     sal_root = Path(saliency_dir) if Path(saliency_dir).is_absolute() else root / saliency_dir
@@ -181,19 +183,82 @@ def compute_baselines(
         background += confusion_matrix(np.zeros_like(gt), gt, num_classes)
         for t in thresholds:
             naive[t] += confusion_matrix(labels_saliency_prediction(saliency, classes, t), gt, num_classes)
-            oracle[t] += confusion_matrix(oracle_prediction(saliency, gt, classes, t), gt, num_classes)
-        saliency_maps.append(saliency)
-        labels.append(gt)
-    return {
+            if bounds:
+                oracle[t] += confusion_matrix(oracle_prediction(saliency, gt, classes, t), gt, num_classes)
+        if bounds:
+            saliency_maps.append(saliency)
+            labels.append(gt)
+    results: dict[str, Any] = {
         "split": split,
         "num_images": len(ids),
         "thresholds": list(thresholds),
         "all_background": iou_scores(background),
         "labels_saliency": {str(t): iou_scores(m) for t, m in naive.items()},
-        "oracle": {str(t): iou_scores(m) for t, m in oracle.items()},
-        "saliency_maxF": saliency_max_f(saliency_maps, labels),
-        "class_names": list(class_names),
     }
+    if bounds:
+        results["oracle"] = {str(t): iou_scores(m) for t, m in oracle.items()}
+        results["saliency_maxF"] = saliency_max_f(saliency_maps, labels)
+    results["class_names"] = list(class_names)
+    return results
+
+
+def label_free_bar(
+    root: str | Path,
+    split: str,
+    saliency_dir: str | Path,
+    gt_dir: str | Path,
+    class_names: Sequence[str],
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+) -> dict[str, Any]:
+    """The bar a trained network's test mIoU must clear: the best ``labels_saliency`` baseline over
+    ``thresholds`` on ``split`` (the image-level labels as ``wsss data baselines`` reads them).
+
+    Returns ``{"split", "num_images", "threshold", "mIoU" (in [0, 1]), "all_background", "by_threshold": {t:
+    mIoU}}``. Raises :class:`DatasetError` when a map or a ground truth is missing or of another size.
+    """
+    scores = compute_baselines(
+        root, split, str(saliency_dir), gt_dir=str(gt_dir), thresholds=thresholds, class_names=class_names,
+        bounds=False,
+    )  # fmt: skip
+    by_threshold = {t: float(v["mIoU"]) for t, v in scores["labels_saliency"].items()}
+    best = max(by_threshold, key=lambda t: by_threshold[t])
+    return {
+        "split": split,
+        "num_images": scores["num_images"],
+        "threshold": float(best),
+        "mIoU": by_threshold[best],
+        "all_background": float(scores["all_background"]["mIoU"]),
+        "by_threshold": by_threshold,
+    }
+
+
+def compare_to_bar(per_mode: dict[str, dict[str, Any]], bar: dict[str, Any]) -> tuple[str, str | None]:
+    """The line that sets each test mode's mIoU against the bar, and a loud warning when none clears it.
+
+    ``per_mode``: mode name -> ``{"mIoU": value in [0, 1], ...}`` (a split of ``wsss test``'s results);
+    ``bar``: :func:`label_free_bar`'s result. Returns ``(line, warning or None)``.
+    """
+    head = (
+        f"no-training bar on split '{bar['split']}' ({bar['num_images']} images): ground-truth image labels + "
+        f"saliency > {bar['threshold']:g}, each salient pixel the image's first class = {100 * bar['mIoU']:.2f} mIoU"
+    )
+    cells = [f"{mode} {100 * v['mIoU']:.2f} ({100 * (v['mIoU'] - bar['mIoU']):+.2f})" for mode, v in per_mode.items()]
+    line = head + "\n  test: " + "   ".join(cells)
+    if not per_mode:
+        return line, None
+    best_mode = max(per_mode, key=lambda m: per_mode[m]["mIoU"])
+    best = per_mode[best_mode]["mIoU"]
+    if best > bar["mIoU"]:
+        return line, None
+    warning = (
+        f"NO TEST MODE BEATS THE NO-TRAINING BAR on split '{bar['split']}': the best, {best_mode} "
+        f"{100 * best:.2f} mIoU, is {100 * (bar['mIoU'] - best):.2f} points below what the ground-truth image labels "
+        f"and the saliency maps give without any network ({100 * bar['mIoU']:.2f}; the network has no image labels "
+        "at test time, so this bar is strict). The network segments no better than its inputs: check the fit's "
+        "label trajectory (its last lines), train longer (the paper schedules: configs/voc_*.yaml), and compare "
+        "the fully supervised bound (--data.init_args.train_target gt --stages null)"
+    )
+    return line, warning
 
 
 def format_baselines(results: dict[str, Any]) -> str:
