@@ -156,3 +156,29 @@ def test_saliency_max_f_matches_the_sod_metric_without_a_band() -> None:
     metric = SaliencyMetrics(protocol="sod")
     metric.update(maps, [np.where(label > 0, 255, 0).astype(np.uint8) for label in labels])
     assert saliency_max_f(maps, labels) == pytest.approx(float(metric.compute()["maxF"]), abs=1e-12)
+
+
+def test_wsss_test_reports_the_bar_or_says_why_not(root: Path, capsys: pytest.CaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from wsss_lightning.data.datamodule import WSSSDataModule
+    from wsss_lightning.trainer import WSSSTrainer
+
+    logged: list[dict] = []
+    logger = SimpleNamespace(log_metrics=lambda metrics, step: logged.append(metrics), save=lambda: None)
+    datamodule = WSSSDataModule(root=str(root), saliency_dir="saliency_map", val_split="val")
+    trainer = SimpleNamespace(datamodule=datamodule, loggers=[logger], global_step=7)
+    results: dict = {"segmentation": {"val": {"ss": {"mIoU": 0.30}, "ms": {"mIoU": 0.36}}}}
+    WSSSTrainer._report_bar(trainer, results)  # type: ignore[arg-type]
+    assert results["bar"]["val"]["mIoU"] == pytest.approx(59 / 168)
+    assert logged == [{"test/bar/mIoU": pytest.approx(59 / 168)}]
+    assert "test: ss 30.00 (-5.12)   ms 36.00 (+0.88)" in capsys.readouterr().out
+    (root / "saliency_map/b.png").unlink()  # maps of the training ids only: not scored, and the reason
+    results = {"segmentation": {"val": {"ss": {"mIoU": 0.30}}}}
+    WSSSTrainer._report_bar(trainer, results)  # type: ignore[arg-type]
+    printed = capsys.readouterr().out
+    assert "no-training bar on split 'val': not scored (1 of the 2 ids of split val have no saliency map" in printed
+    assert "wsss data baselines --split" in printed and "bar" not in results
+    no_maps = SimpleNamespace(datamodule=WSSSDataModule(root=str(root), saliency_dir=None), loggers=[], global_step=0)
+    WSSSTrainer._report_bar(no_maps, results)  # type: ignore[arg-type]
+    assert "not scored (no off-the-shelf saliency maps configured)" in capsys.readouterr().out

@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from wsss_lightning.callbacks.prediction_writer import MaskWriter
-from wsss_lightning.data.baselines import compare_to_bar, label_free_bar
+from wsss_lightning.data.baselines import MissingSaliencyMaps, compare_to_bar, label_free_bar
 from wsss_lightning.data.datamodule import WSSSDataModule
 from wsss_lightning.data.io import DatasetError, atomic_write_text
 from wsss_lightning.label_runner import LabelRunOptions, label_config, run_label_set
@@ -138,6 +138,12 @@ class WSSSTrainer(L.Trainer):
                 bar = label_free_bar(
                     datamodule.root, split, datamodule.path(saliency_dir), gt_dir, datamodule.class_names
                 )
+            except MissingSaliencyMaps as error:
+                print(
+                    f"no-training bar on split '{split}': not scored ({error}; `wsss data baselines --split "
+                    "<a split the maps cover>` scores it there)"
+                )
+                continue
             except (DatasetError, ValueError) as error:
                 print(f"no-training bar on split '{split}': not scored ({error})")
                 continue

@@ -34,6 +34,12 @@ from wsss_lightning.data.palette import IGNORE_INDEX, VOC_CLASSES
 from wsss_lightning.data.splits import read_id_list, resolve_split_file
 
 DEFAULT_THRESHOLDS = (0.5, 0.3, 0.06)
+
+
+class MissingSaliencyMaps(DatasetError):
+    """Some ids of the scored split have no saliency map (each caller names its own fix)."""
+
+
 BETA2 = 0.3
 GT_DIRS = ("SegmentationClass", "SegmentationClassAug")  # tried in order, per id
 
@@ -162,10 +168,9 @@ def compute_baselines(
         raise DatasetError(f"split {split} under {root} lists no ids")
     absent = [image_id for image_id in ids if not (sal_root / f"{image_id}.png").is_file()]
     if absent:  # before any scoring: one line for the whole split, not a failure at the first absent map
-        raise DatasetError(
+        raise MissingSaliencyMaps(
             f"{len(absent)} of the {len(ids)} ids of split {split} have no saliency map in {sal_root} (e.g. "
-            f"{sal_root / (absent[0] + '.png')}); off-the-shelf maps often cover the training ids only: try "
-            "--split train, or point --saliency-dir at maps of this split"
+            f"{sal_root / (absent[0] + '.png')}); off-the-shelf maps often cover the training ids only"
         )
     num_classes = len(class_names)
     empty = np.zeros((num_classes, num_classes), dtype=np.int64)
@@ -298,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
             label_source=args.label_source,
             thresholds=args.thresholds,
         )
+    except MissingSaliencyMaps as error:
+        print(f"error: {error}: try --split train, or point --saliency-dir at maps of this split", file=sys.stderr)
+        return 2
     except (DatasetError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
