@@ -154,3 +154,16 @@ def test_last_set_labels_only_the_scored_ids_when_asked(demo, tmp_path):
 def test_last_set_ids_is_checked():
     with pytest.raises(ValueError, match="last_set_ids must be 'all' or 'scored'"):
         PseudoLabelRefresh(num_stages=1, last_set_ids="train")
+
+
+def test_last_stage_epochs_lengthens_whichever_stage_is_last():
+    # the demo schedule: warm-up 3, stages of 3, the last 6 -> epochs 0-2 warm-up, 3-5, 6-8, 9-11, then 12-17
+    stages = PseudoLabelRefresh(warmup_epochs=3, num_stages=4, epochs_per_stage=3, last_stage_epochs=6)
+    assert stages.epochs_per_stage == [3, 3, 3, 6] and stages.total_epochs == 18
+    assert [stages.stage_of_epoch(e) for e in (2, 3, 11, 12, 17)] == [-1, 0, 2, 3, 3]
+    # with fewer stages the last one is still the long one; a list keeps its other entries
+    assert PseudoLabelRefresh(num_stages=1, epochs_per_stage=3, last_stage_epochs=6).epochs_per_stage == [6]
+    assert PseudoLabelRefresh(num_stages=2, epochs_per_stage=[2, 4], last_stage_epochs=5).epochs_per_stage == [2, 5]
+    assert PseudoLabelRefresh(num_stages=2, epochs_per_stage=3).epochs_per_stage == [3, 3]  # None: unchanged
+    with pytest.raises(ValueError, match="last_stage_epochs must be >= 1"):
+        PseudoLabelRefresh(num_stages=2, epochs_per_stage=3, last_stage_epochs=0)

@@ -64,6 +64,9 @@ class PseudoLabelRefresh(Callback):
         verify_checksums: check the sha256 of reused files when resuming a refresh.
         health: when a label set counts as degenerate (no foreground, dead CAMs, an affinity that has not learned)
             and whether that stops the run (default) or warns; see :class:`~wsss_lightning.pseudo.health.HealthPolicy`.
+        last_stage_epochs: epochs of the last stage instead of its ``epochs_per_stage`` value (None: that value).
+            The last stage trains the network that is tested, on the best labels of the run; the earlier stages
+            only have to improve the labels. Follows ``num_stages`` (with 3 stages, the third is the last).
     """
 
     def __init__(
@@ -80,12 +83,17 @@ class PseudoLabelRefresh(Callback):
         crf_workers: int = 0,
         verify_checksums: bool = True,
         health: HealthPolicy | None = None,
+        last_stage_epochs: int | None = None,
     ) -> None:
         per_stage = [epochs_per_stage] * num_stages if isinstance(epochs_per_stage, int) else list(epochs_per_stage)
         if num_stages < 1 or len(per_stage) != num_stages or min(per_stage) < 1 or warmup_epochs < 0:
             raise ValueError(
                 "need num_stages >= 1, epochs_per_stage >= 1 (one value, or one per stage) and warmup_epochs >= 0"
             )
+        if last_stage_epochs is not None:
+            if last_stage_epochs < 1:
+                raise ValueError(f"last_stage_epochs must be >= 1 (or null), got {last_stage_epochs}")
+            per_stage[-1] = last_stage_epochs
         self.output_dir = output_dir
         self.warmup_epochs = warmup_epochs
         self.num_stages = num_stages
