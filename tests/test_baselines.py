@@ -158,7 +158,9 @@ def test_saliency_max_f_matches_the_sod_metric_without_a_band() -> None:
     assert saliency_max_f(maps, labels) == pytest.approx(float(metric.compute()["maxF"]), abs=1e-12)
 
 
-def test_wsss_test_reports_the_bar_or_says_why_not(root: Path, capsys: pytest.CaptureFixture) -> None:
+def test_wsss_test_reports_the_bar_or_says_why_not(
+    root: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from types import SimpleNamespace
 
     from wsss_lightning.data.datamodule import WSSSDataModule
@@ -166,7 +168,8 @@ def test_wsss_test_reports_the_bar_or_says_why_not(root: Path, capsys: pytest.Ca
 
     logged: list[dict] = []
     logger = SimpleNamespace(log_metrics=lambda metrics, step: logged.append(metrics), save=lambda: None)
-    datamodule = WSSSDataModule(root=str(root), saliency_dir="saliency_map", val_split="val")
+    monkeypatch.chdir(root.parent)  # a relative --data.root, as `make demo` passes it
+    datamodule = WSSSDataModule(root=root.name, saliency_dir="saliency_map", val_split="val")
     trainer = SimpleNamespace(datamodule=datamodule, loggers=[logger], global_step=7)
     results: dict = {"segmentation": {"val": {"ss": {"mIoU": 0.30}, "ms": {"mIoU": 0.36}}}}
     WSSSTrainer._report_bar(trainer, results)  # type: ignore[arg-type]

@@ -135,9 +135,12 @@ class WSSSTrainer(L.Trainer):
                 print(f"no-training bar on split '{split}': not scored (no off-the-shelf saliency maps configured)")
                 continue
             try:
+                # absolute: the datamodule's folders already hold a relative root, which label_free_bar would
+                # prepend again
                 bar = label_free_bar(
-                    datamodule.root, split, datamodule.path(saliency_dir), gt_dir, datamodule.class_names
-                )
+                    datamodule.root, split, datamodule.path(saliency_dir).absolute(), gt_dir.absolute(),
+                    datamodule.class_names,
+                )  # fmt: skip
             except MissingSaliencyMaps as error:
                 print(
                     f"no-training bar on split '{split}': not scored ({error}; `wsss data baselines --split "
