@@ -114,9 +114,9 @@ class WSSSTrainer(L.Trainer):
         output = super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
         module = self.lightning_module
         log_dir = self.log_dir  # a collective under DDP: every rank asks
-        if self.is_global_zero and isinstance(module, WSSSModule) and module.test_results and bar:
-            self._report_bar(module.test_results)
         if self.is_global_zero and isinstance(module, WSSSModule) and module.test_results:
+            if bar:
+                self._report_bar(module.test_results)
             path = Path(results_json) if results_json else Path(log_dir or self.default_root_dir) / "test_results.json"
             atomic_write_text(path, json.dumps(module.test_results, indent=2, allow_nan=False))
             print(f"test results written to {path}")
@@ -128,8 +128,8 @@ class WSSSTrainer(L.Trainer):
         datamodule = self.datamodule
         if not isinstance(datamodule, WSSSDataModule):
             return
+        saliency_dir = datamodule.hparams.saliency_dir
         for split, per_mode in results.get("segmentation", {}).items():
-            saliency_dir = datamodule.hparams.saliency_dir
             gt_dir = datamodule.val_gt_dir(split)
             if saliency_dir is None or gt_dir is None:
                 print(f"no-training bar on split '{split}': not scored (no off-the-shelf saliency maps configured)")

@@ -34,14 +34,12 @@ from wsss_lightning.data.palette import IGNORE_INDEX, VOC_CLASSES
 from wsss_lightning.data.splits import read_id_list, resolve_split_file
 
 DEFAULT_THRESHOLDS = (0.5, 0.3, 0.06)
+BETA2 = 0.3
+GT_DIRS = ("SegmentationClass", "SegmentationClassAug")  # tried in order, per id
 
 
 class MissingSaliencyMaps(DatasetError):
     """Some ids of the scored split have no saliency map (each caller names its own fix)."""
-
-
-BETA2 = 0.3
-GT_DIRS = ("SegmentationClass", "SegmentationClassAug")  # tried in order, per id
 
 
 # ------------------------------------------------------------------------------------------------ metrics
